@@ -319,6 +319,22 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def toy_config(cfg: Config) -> Config:
+    """The 2-D toy experiment of a profile: the MLP ε-model on ``toy.dataset`` with ``toy.*`` settings.
+
+    Diffusion, loss and seed stay those of ``cfg`` so that the toy and image arms share the method."""
+    t = cfg.toy
+    return validate(replace(
+        cfg,
+        model=ModelConfig(kind="mlp", in_channels=2, out_ch=2, hidden=t.hidden, depth=t.depth, dropout=0.0),
+        data=replace(cfg.data, dataset=t.dataset, random_flip=False),
+        train=replace(cfg.train, steps=t.steps, batch_size=t.batch_size, lr=t.lr, warmup=0,
+                      ema_decay=min(cfg.train.ema_decay, 0.995), ckpt_every=max(1, t.steps // 2),
+                      log_every=max(1, t.steps // 50), amp="none", channels_last=False, compile=False),
+        sample=replace(cfg.sample, n_samples=t.n_samples, batch_size=t.n_samples, steps=t.sample_steps),
+    ))
+
+
 def get_config(profile: str = "cpu", overrides=None) -> Config:
     """The named profile with ``overrides`` applied (see :func:`with_overrides`)."""
     if profile not in PROFILES:

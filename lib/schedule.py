@@ -88,18 +88,18 @@ class Schedule:
         return ab / (1.0 - ab)
 
     # ------------------------------------------------------------------ S²-DM quantities
-    def alpha_skip(self, t, skip: int) -> torch.Tensor:
+    def alpha_skip(self, t, skip: int, check: bool = True) -> torch.Tensor:
         """α_skip(t) = ᾱ_t / ᾱ_{max(t-skip, 0)}: the product of α over the last ``skip`` steps.
 
         As in the official code, times with t < skip are clamped to index 0 (those samples are
         trained with plain L_0 anyway).
         """
         t = torch.as_tensor(t, dtype=torch.float64)
-        return self.alpha_bar(t) / self.alpha_bar(torch.clamp(t - skip, min=0.0))
+        return self.alpha_bar(t, check) / self.alpha_bar(torch.clamp(t - skip, min=0.0), check)
 
-    def c_skip(self, t, skip: int) -> torch.Tensor:
+    def c_skip(self, t, skip: int, check: bool = True) -> torch.Tensor:
         """c_t = √((1-α_skip)/α_skip), the factor on ε_θ in L_skip (PAPER.md §1)."""
-        a = self.alpha_skip(t, skip)
+        a = self.alpha_skip(t, skip, check)
         return torch.sqrt((1.0 - a) / a)
 
     def shrinkage(self, t, skip: int, tau: float) -> torch.Tensor:
