@@ -1,0 +1,50 @@
+"""Profiles, overrides and the clear errors of bad configuration."""
+import json
+
+import pytest
+
+from lib.config import PROFILES, ConfigError, from_dict, get_config, toy_config
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_profiles_are_valid_and_round_trip(profile):
+    cfg = get_config(profile)
+    assert cfg.profile == profile
+    assert from_dict(json.loads(cfg.to_json())) == cfg
+    assert toy_config(cfg).model.kind == "mlp"
+
+
+def test_paper_profile_holds_the_papers_settings():
+    c = get_config("paper")
+    assert (c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions, c.model.dropout) == \
+        (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    assert (c.train.lr, c.train.batch_size, c.train.grad_clip, c.train.ema_decay) == (2e-4, 128, 1.0, 0.9999)
+    assert (c.loss.skip, c.loss.tau, c.loss.same_noise) == (9, 0.99, False)
+    assert (c.diffusion.T, c.diffusion.beta_start, c.diffusion.beta_end) == (1000, 1e-4, 0.02)
+
+
+def test_overrides_are_typed():
+    c = get_config("ci", ["train.steps=7", "loss.tau=0.5", "sample.steps=3,4", "data.random_flip=true"])
+    assert (c.train.steps, c.loss.tau, c.sample.steps, c.data.random_flip) == (7, 0.5, (3, 4), True)
+    assert get_config("ci", {"train.lr": 0.1}).train.lr == 0.1
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.stepz=3"], "valid keys in \\[train\\]"),
+    (["trian.steps=3"], "section one of"),
+    (["train.steps=abc"], "expected an integer"),
+    (["train.steps=2.5"], "expected an integer"),
+    (["train.steps=0"], "positive integer"),
+    (["loss.skip=1000"], "1 <= skip < T"),
+    (["loss.tau=1.5"], "tau must lie in \\[0, 1\\]"),
+    (["sample.grid=cosine"], "uniform' or 'quad"),
+    (["train.steps"], "section.key=value"),
+])
+def test_bad_overrides_fail_with_a_clear_message(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        get_config("ci", overrides)
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid profiles: ci, cpu, gpu, paper"):
+        get_config("laptop")
