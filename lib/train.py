@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from lib import checkpoint as ckpt
-from lib.config import Config, ConfigError, get_config, load_json
+from lib.config import Config, ConfigError, get_config, load_json, with_overrides
 from lib.losses import s2dm_loss
 from lib.schedule import linear_schedule
 
@@ -252,7 +252,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         if device.type == "cuda" and "cuda" in mine:
             torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
         start = int(state["step"])
-        if rank == 0 and progress:
+        if rank == 0:
             print(f"resuming {out} from {path.name} (step {start})", file=sys.stderr)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -374,10 +374,11 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try:
-        cfg = get_config(a.profile, a.overrides)
-        if a.toy:
+        cfg = get_config(a.profile)
+        if a.toy:  # overrides apply to the toy configuration (train.steps is then the toy's)
             from lib.config import toy_config
             cfg = toy_config(cfg)
+        cfg = with_overrides(cfg, a.overrides)
         final = train(cfg, a.arm, a.out, progress=not a.quiet)
     except (ConfigError, NonFiniteLoss, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
