@@ -80,3 +80,137 @@ def save_samples(x: torch.Tensor, path) -> Path:
     from lib.data import from_model_range
 
     return ckpt.atomic_save(from_model_range(x) if x.dtype != torch.uint8 else x, path)
+
+
+# ---------------------------------------------------------------------------- command line
+def _option_value(value: str, default):
+    """A sampler option from the command line, typed like the option's default (eta=0.5, order=2)."""
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "1", "yes", "false", "0", "no"):
+            raise ValueError(f"expected a boolean (true/false), got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def _parse_options(method: str, items) -> dict:
+    """``["eta=0.5", ...]`` -> ``{"eta": 0.5}``; unknown methods and options fail with the valid names."""
+    spec = samplers.METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(samplers.METHODS)}")
+    opts = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} must look like option=value (e.g. --set eta=0.5)")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k not in spec.options:
+            raise ValueError(f"unknown option {k!r} for method {method!r}; valid options: "
+                             f"{', '.join(spec.options) or 'none'}")
+        try:
+            opts[k] = _option_value(v, spec.options[k])
+        except ValueError as e:
+            raise ValueError(f"--set {k}: {e}") from None
+    return opts
+
+
+def _init_distributed(device_name: str):
+    """(rank, world, device) under torchrun; the backend rule is lib.train's (nccl on CUDA unless
+    S2DM_DDP_BACKEND=gloo, gloo otherwise)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() if device_name == "auto" else device_name == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is available; use --device cpu or auto")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # all_gather_object on NCCL uses the current device
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda and os.environ.get("S2DM_DDP_BACKEND") != "gloo" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, (dist.get_world_size() if dist.is_initialized() else 1), device
+
+
+def argparser():
+    """The command line of :func:`main`."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m lib.generate",
+        description="Generate a sample set from a trained run's EMA weights (final.pt); under torchrun the "
+                    "batches are shared among the processes and rank 0 writes the file. Images are stored as "
+                    "uint8 [N, C, H, W], 2-D toy samples as float32 [N, 2].")
+    # Long names that are no prefix of a torchrun option: torchrun's own parser would claim an
+    # abbreviation such as --run (--run-path) or --n (--nnodes, ...) even after the module name.
+    p.add_argument("--run-dir", dest="run", required=True,
+                   help="run directory written by lib.train (config.json + final.pt)")
+    p.add_argument("--out", required=True, help="output file (.pt), written atomically by rank 0")
+    p.add_argument("--method", default="ddim", help=f"sampler: {', '.join(samplers.METHODS)}")
+    p.add_argument("--steps", type=int, default=10, help="number of sampling steps S")
+    p.add_argument("--grid", default=None, help="uniform | quad (default: the run's sample.grid)")
+    p.add_argument("-n", "--num-samples", dest="n", type=int, default=None,
+                   help="number of samples (default: the run's sample.n_samples)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's sample.batch_size")
+    p.add_argument("--seed", type=int, default=None, help="default: the run's sample.seed")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="OPTION=VALUE",
+                   help="sampler option, e.g. --set eta=0.5 (ddim) or --set order=2 (deis); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    """A sample set from a run's EMA model; one process, or several under torchrun::
+
+        python -m lib.generate --run-dir DIR --out FILE.pt [--method ddim --steps 10 --grid uniform
+                               --num-samples N --batch-size B --seed S --set eta=0.5 ...]
+        torchrun --nproc_per_node=8 -m lib.generate --run-dir DIR --out FILE.pt ...
+
+    Returns the exit status (2 with an ``error:`` line for a missing run or bad options)."""
+    import sys
+    import time
+
+    from lib.config import ConfigError
+    from lib.train import schedule_of
+
+    a = argparser().parse_args(argv)
+    rank = 0
+    try:
+        options = _parse_options(a.method, a.options)  # fail before loading anything
+        for name, v in (("--num-samples", a.n), ("--batch-size", a.batch_size)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v}")
+        rank, world, device = _init_distributed(a.device)
+        model, cfg = load_model(a.run, device)
+        s = cfg.sample
+        grid = a.grid or s.grid
+        n = a.n or s.n_samples
+        schedule = schedule_of(cfg)
+        samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front
+        m = cfg.model
+        shape = (m.in_channels,) if m.kind == "mlp" else (m.in_channels, m.resolution, m.resolution)
+        info, t0 = {}, time.perf_counter()
+        x = generate(model, schedule, shape, n, method=a.method, num_steps=a.steps, grid=grid,
+                     batch_size=a.batch_size or s.batch_size, seed=s.seed if a.seed is None else a.seed,
+                     device=device, progress=not a.quiet, info=info, **options)
+    except (FileNotFoundError, ValueError, ConfigError, ckpt.CheckpointError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        path = save_samples(x, a.out) if m.kind != "mlp" else ckpt.atomic_save(x.float(), a.out)
+        print(f"{n} samples ({a.method}, S={a.steps}, {grid}, NFE {info['nfe']}/sample, {world} process(es), "
+              f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        print(path)
+    if dist.is_initialized():
+        dist.barrier()  # no rank exits (and tears the group down) before rank 0 has written the file
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
