@@ -185,8 +185,8 @@ def _cpu() -> Config:
         train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, ckpt_every=500,
                           log_every=50),
         sample=SampleConfig(n_samples=500, batch_size=250, steps=(10, 20, 50, 100)),
-        eval=EvalConfig(metric="classifier", n_boot=200, classifier_steps=1500),
-        toy=ToyConfig(n_seeds=5, steps=3000, n_samples=10_000),
+        eval=EvalConfig(metric="classifier", n_boot=200, classifier_steps=1000, classifier_width=16),
+        toy=ToyConfig(n_seeds=5, steps=2000, batch_size=512, n_samples=5000),
     )
 
 

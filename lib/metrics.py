@@ -265,14 +265,22 @@ def fd_bootstrap(f_gen, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: 
 
 
 def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: int = 0,
-                      device="cpu") -> dict:
+                      device="cpu", paired: bool = False) -> dict:
     """Paired comparison of two arms against the same reference: FD_a − FD_b and the relative
     improvement (FD_a − FD_b)/FD_a, each with a percentile interval from independent resamples of
     each arm's generated features. ``excludes_zero``: the interval of the difference excludes 0.
-    With a the baseline and b the S²-DM, a positive difference means b is better."""
+    With a the baseline and b the S²-DM, a positive difference means b is better.
+
+    ``paired=True`` (equal sizes, sample i of both arms from the same initial noise x_T, as
+    lib.generate produces them) resamples the same indices in both arms, so the interval reflects
+    the variation of the *difference* rather than of each arm separately (narrower, still valid)."""
     f_a, f_b, f_ref = _as_features(f_a), _as_features(f_b), _as_features(f_ref)
     fd_ref = _FDToReference(f_ref, device)
+    if paired and len(f_a) != len(f_b):
+        raise ValueError(f"paired comparison needs equally many samples per arm, got {len(f_a)} and {len(f_b)}")
     rng_a, rng_b = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    if paired:  # the same generator state for both arms: identical index draws
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
     ba, bb = _boot_fds(f_a, fd_ref, n_boot, rng_a), _boot_fds(f_b, fd_ref, n_boot, rng_b)
     fa, fb = fd_from_features(f_a, f_ref), fd_from_features(f_b, f_ref)
     diff, rel = ba - bb, (ba - bb) / ba
@@ -280,7 +288,7 @@ def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95
     r_lo, r_hi = _percentiles(rel, level)
     return dict(fd_a=fa, fd_b=fb, diff=fa - fb, diff_lo=d_lo, diff_hi=d_hi, diff_std=float(diff.std(ddof=1)),
                 rel=(fa - fb) / fa, rel_lo=r_lo, rel_hi=r_hi, excludes_zero=bool(d_lo > 0 or d_hi < 0),
-                n_a=len(f_a), n_b=len(f_b), n_boot=n_boot, level=level)
+                n_a=len(f_a), n_b=len(f_b), n_boot=n_boot, level=level, paired=paired)
 
 
 # ============================================================================ toy metrics

@@ -161,3 +161,23 @@ def test_toy_metrics_detect_shift_and_collapse(ring):
     assert sharp["nll"] < null["nll_ref"] and sharp["mode_coverage"] == 1.0
     with pytest.raises(ValueError, match="not finite"):
         metrics.toy_metrics(torch.full((10, 2), float("nan")), ring)
+
+
+def test_paired_comparison_is_narrower_for_paired_samples():
+    """Two arms whose sample i shares a common component (as samples from the same x_T do): the
+    paired bootstrap sees that the difference varies less than each arm."""
+    import numpy as np
+    from lib.metrics import compare_bootstrap
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 4))
+    common = rng.normal(size=(400, 4))
+    a = common + 0.1 * rng.normal(size=(400, 4)) + 0.3
+    b = common + 0.1 * rng.normal(size=(400, 4)) + 0.2
+    ind = compare_bootstrap(a, b, ref, n_boot=200, seed=1)
+    par = compare_bootstrap(a, b, ref, n_boot=200, seed=1, paired=True)
+    assert par["diff"] == ind["diff"] and par["diff"] > 0
+    assert par["diff_hi"] - par["diff_lo"] < 0.5 * (ind["diff_hi"] - ind["diff_lo"])
+    assert par["excludes_zero"]
+    with pytest.raises(ValueError, match="equally many"):
+        compare_bootstrap(a, b[:-1], ref, paired=True)
