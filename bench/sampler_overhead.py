@@ -1,0 +1,196 @@
+"""Sampler overhead: wall time of a full sampling run divided by the time of its network evaluations.
+
+    .venv/bin/python bench/sampler_overhead.py                 # cpu profile UNet, batch 256, S = 20
+    .venv/bin/python bench/sampler_overhead.py --steps 20 --repeats 3 --methods ddim,pndm
+
+For every sampler and repeat it times
+  * ``total``: ``samplers.sample(...)`` end to end (NFE network calls plus the sampler's own arithmetic);
+  * ``inline``: the time spent inside the network during that same run (the model is wrapped in a timer),
+    so total/inline is immune to load changes between runs on a shared machine;
+  * ``alone``: the network run by itself NFE times on inputs of the same shape at the same t values,
+    right after the run (the brief's definition): ratio = total/alone.
+Target: <= 1.05. On a machine shared with other jobs the separate ratio is dominated by load changes
+between the two timings; the inline ratio is the robust number (both are written). Results go to bench/results/sampler_overhead_<device>.json and .md, with the
+machine, torch version, threads, date and the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib import samplers  # noqa: E402
+from lib.config import get_config  # noqa: E402
+from lib.schedule import linear_schedule  # noqa: E402
+from lib.unet import build_unet  # noqa: E402
+
+TARGET = 1.05
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TimedModel:
+    """Wraps the ε-model and accumulates the wall time spent inside it."""
+
+    def __init__(self, model, device):
+        self.model, self.device, self.seconds = model, device, 0.0
+
+    def __call__(self, x, t):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = self.model(x, t)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["loadavg_1min_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def bench_method(method, model, schedule, args, device, shape, rng_seed):
+    g = torch.Generator(device=device).manual_seed(rng_seed)
+    x_T = torch.randn(shape, generator=g, device=device)
+    timed = TimedModel(model, device)
+    info = {}
+    _sync(device)
+    t0 = time.perf_counter()
+    samplers.sample(timed, x_T, schedule, args.steps, method, grid=args.grid, generator=g, info=info)
+    _sync(device)
+    total = time.perf_counter() - t0
+    # The network alone: the same number of calls, same shapes, same t values.
+    x = torch.randn(shape, generator=g, device=device)
+    ts = [samplers.time_tensor(t, x) for t in info["eval_times"]]
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        for t in ts:
+            model(x, t)
+        _sync(device)
+        alone = time.perf_counter() - t0
+    return {"nfe": info["nfe"], "total_s": total, "inline_s": timed.seconds, "alone_s": alone}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cpu", help="config profile whose model is timed (default cpu)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--grid", default="uniform", choices=["uniform", "quad"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--methods", default=",".join(samplers.METHODS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        samplers.nfe(m, args.steps, args.grid)  # fail early on a bad name or step count
+
+    cfg = get_config(args.profile)
+    torch.manual_seed(0)
+    model = build_unet(cfg.model).to(device).eval()
+    shape = (args.batch, cfg.model.in_channels, cfg.model.resolution, cfg.model.resolution)
+    schedule = linear_schedule(cfg.diffusion.T, cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    machine = machine_info(device)
+
+    with torch.no_grad():  # warm-up of the network (allocator, kernels); DEIS's one-off per-grid
+        x = torch.randn(shape, device=device)  # coefficients (a few ms) stay inside its first run
+        for _ in range(2):
+            model(x, samplers.time_tensor(500, x))
+
+    runs = {m: [] for m in methods}
+    for r in range(args.repeats):
+        # interleaved and rotated, so slow phases of a shared machine and order effects hit every method
+        for m in methods[r % len(methods):] + methods[:r % len(methods)]:
+            res = bench_method(m, model, schedule, args, device, shape, rng_seed=r)
+            runs[m].append(res)
+            print(f"repeat {r} {m:6s} NFE {res['nfe']:3d}  total {res['total_s']:.3f}s  inline {res['inline_s']:.3f}s"
+                  f"  alone {res['alone_s']:.3f}s  ratio {res['total_s'] / res['alone_s']:.4f}"
+                  f"  inline ratio {res['total_s'] / res['inline_s']:.4f}", flush=True)
+
+    summary = {}
+    for m, rs in runs.items():
+        # min over repeats is the usual timing estimator under interference (other jobs only add time);
+        # the inline ratio compares quantities measured in the same run, so it needs no such care.
+        ratio = min(x["total_s"] for x in rs) / min(x["alone_s"] for x in rs)
+        inline = statistics.median(x["total_s"] / x["inline_s"] for x in rs)
+        n_steps = len(schedule.timesteps(args.steps, args.grid))
+        summary[m] = {"nfe": rs[0]["nfe"], "ratio_min_total_over_min_alone": ratio, "inline_ratio_median": inline,
+                      "sampler_overhead_ms_per_step_median": statistics.median(
+                          1e3 * (x["total_s"] - x["inline_s"]) / n_steps for x in rs),
+                      "meets_target_inline": bool(inline <= TARGET), "meets_target_separate": bool(ratio <= TARGET),
+                      "runs": rs}
+    try:
+        machine["loadavg_1min_at_end"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    out = {"what": "wall time of a full sampling run / time of its network evaluations", "target": TARGET,
+           "config": {"profile": args.profile, "batch": args.batch, "steps": args.steps, "grid": args.grid,
+                      "repeats": args.repeats, "shape": list(shape),
+                      "model_parameters": sum(q.numel() for q in model.parameters())},
+           "machine": machine, "date_utc": started.isoformat(timespec="seconds"),
+           "elapsed_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
+           "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": summary}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"sampler_overhead_{device.type}"
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [f"# Sampler overhead ({device.type})", "",
+             f"`{out['command']}` on {out['date_utc']}: {machine['cpu']}, {machine['torch_threads']} torch threads, "
+             f"torch {machine['torch']}, profile `{args.profile}` UNet ({out['config']['model_parameters']:,} "
+             f"parameters), batch {args.batch}, S = {args.steps} ({args.grid}), {args.repeats} repeats.", "",
+             "inline ratio = full run / time inside the network during that same run (robust on a shared "
+             "machine); separate ratio = min over repeats of the full run / min of the network run alone NFE "
+             f"times (noisy when other jobs share the cores). Target <= {TARGET}. Load average (1 min) "
+             f"{machine.get('loadavg_1min_at_start', float('nan')):.2f} at start, "
+             f"{machine.get('loadavg_1min_at_end', float('nan')):.2f} at end.", "",
+             "| method | NFE | inline ratio | separate ratio | sampler ms/step | inline meets target |",
+             "|---|---|---|---|---|---|"]
+    for m, s in summary.items():
+        lines.append(f"| {m} | {s['nfe']} | {s['inline_ratio_median']:.4f} | {s['ratio_min_total_over_min_alone']:.4f} | "
+                     f"{s['sampler_overhead_ms_per_step_median']:.2f} | {'yes' if s['meets_target_inline'] else 'no'} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
+    return out
+
+
+if __name__ == "__main__":
+    main()
