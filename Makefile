@@ -40,11 +40,13 @@ reproduce: $(VENV)/.stamp-run
 	$(MAKE) --no-print-directory notebooks PROFILE=$$profile && \
 	echo "== done in $$(( $$(date +%s) - start )) s; outputs under figures/$$profile/ =="
 
-OUT = figures/$(PROFILE)
+# ROOT_OUT=DIR writes figures/ and data/runs/ under DIR instead of the repository (used by the tests).
+ROOT_OUT ?=
+OUT = $(if $(ROOT_OUT),$(ROOT_OUT)/,)figures/$(PROFILE)
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 notebooks: $(EXECUTED)
 $(OUT)/%.ipynb: notebooks/%.ipynb $(LIB) scripts/run_notebook.py
-	@$(PY) scripts/run_notebook.py $< --profile $(PROFILE)
+	@$(PY) scripts/run_notebook.py $< --profile $(PROFILE) $(if $(ROOT_OUT),--root $(ROOT_OUT),)
 # Data flow: 03 trains the models that 04, 06 and 07 read; 05 tabulates 04's measurements.
 $(OUT)/04_sampler_sweeps.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/05_fid_tables.ipynb: $(OUT)/04_sampler_sweeps.ipynb
