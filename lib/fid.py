@@ -141,3 +141,26 @@ def inception_fid(images, *, dataset: str = "cifar10", dataset_res: int = 32, sp
                 device=device, num_workers=num_workers, batch_size=batch_size, custom_feat_extractor=feat_model,
                 verbose=verbose, use_dataparallel=False)
     return float(score)
+
+
+def inception_features(images, *, mode: str = "legacy_tensorflow", device=None, batch_size: int = 100,
+                       num_workers: int = 0, feat_extractor=None) -> np.ndarray:
+    """clean-fid's Inception features [N, 2048] of ``images`` with exactly compute_fid's preprocessing
+    (PNG round trip, mode-specific resize), so their statistics can be bootstrapped (lib.metrics)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown FID mode {mode!r}; valid: {', '.join(MODES)}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_offline(mode, need_weights=feat_extractor is None, need_stats=False)
+    model = feat_extractor if feat_extractor is not None else _inception(mode, device)
+    with tempfile.TemporaryDirectory(prefix="fidfeat_") as tmp:
+        folder = _as_folder(images, Path(tmp) / "gen")
+        return cleanfid.fid.get_folder_features(folder, model, num_workers=num_workers, batch_size=batch_size,
+                                                device=device, mode=mode, description="features ", verbose=False)
+
+
+def reference_stats(dataset: str = "cifar10", dataset_res: int = 32, split: str = "train",
+                    mode: str = "legacy_tensorflow") -> tuple[np.ndarray, np.ndarray]:
+    """clean-fid's stored reference (μ, Σ) of the dataset's Inception features (checked offline first)."""
+    paths = check_offline(mode, dataset, dataset_res, split, need_weights=False)
+    with np.load(paths["stats"]) as f:
+        return f["mu"], f["sigma"]

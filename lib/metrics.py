@@ -207,9 +207,21 @@ def gaussian_stats(f) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
+def reference_moments(f_ref) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of a reference: features [N, D], or already a (μ, Σ) pair (e.g. clean-fid's stored
+    Inception statistics, lib.fid.reference_stats)."""
+    if isinstance(f_ref, tuple) and len(f_ref) == 2:
+        mu, cov = (np.asarray(a, dtype=np.float64) for a in f_ref)
+        if mu.ndim != 1 or cov.shape != (len(mu), len(mu)):
+            raise ValueError(f"reference statistics must be (mu [D], cov [D, D]), got {mu.shape} and {cov.shape}")
+        return mu, cov
+    return gaussian_stats(f_ref)
+
+
 def fd_from_features(f_gen, f_ref) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (FD_clf on classifier features)."""
-    return frechet_distance(*gaussian_stats(f_gen), *gaussian_stats(f_ref))
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (FD_clf on classifier
+    features); ``f_ref`` may also be a (μ, Σ) pair."""
+    return frechet_distance(*gaussian_stats(f_gen), *reference_moments(f_ref))
 
 
 class _FDToReference:
@@ -219,8 +231,8 @@ class _FDToReference:
     eigenvalues, and S C S is symmetric PSD, so one ``eigvalsh`` per call replaces ``sqrtm`` (which
     takes seconds at D = 2048). Runs in float64 on ``device``."""
 
-    def __init__(self, f_ref: np.ndarray, device="cpu"):
-        mu, cov = gaussian_stats(f_ref)
+    def __init__(self, f_ref, device="cpu"):
+        mu, cov = reference_moments(f_ref)
         self.device = torch.device(device)
         self.mu = torch.from_numpy(mu).to(self.device)
         cov_t = torch.from_numpy(cov).to(self.device)
@@ -256,7 +268,8 @@ def fd_bootstrap(f_gen, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: 
     """FD with a percentile bootstrap interval: resample the generated features with replacement
     (n_boot times, the reference statistics fixed). Returns value (the FD of all features),
     lo, hi, std (of the bootstrap FDs), n (generated features), n_boot, level."""
-    f_gen, f_ref = _as_features(f_gen), _as_features(f_ref)
+    f_gen = _as_features(f_gen)
+    f_ref = f_ref if isinstance(f_ref, tuple) else _as_features(f_ref)
     fd_ref = _FDToReference(f_ref, device)
     boots = _boot_fds(f_gen, fd_ref, n_boot, np.random.default_rng(seed))
     lo, hi = _percentiles(boots, level)
@@ -274,7 +287,8 @@ def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95
     ``paired=True`` (equal sizes, sample i of both arms from the same initial noise x_T, as
     lib.generate produces them) resamples the same indices in both arms, so the interval reflects
     the variation of the *difference* rather than of each arm separately (narrower, still valid)."""
-    f_a, f_b, f_ref = _as_features(f_a), _as_features(f_b), _as_features(f_ref)
+    f_a, f_b = _as_features(f_a), _as_features(f_b)
+    f_ref = f_ref if isinstance(f_ref, tuple) else _as_features(f_ref)
     fd_ref = _FDToReference(f_ref, device)
     if paired and len(f_a) != len(f_b):
         raise ValueError(f"paired comparison needs equally many samples per arm, got {len(f_a)} and {len(f_b)}")

@@ -125,10 +125,18 @@ class ImageEvaluator:
             self.net = metrics.get_classifier(cfg.data, cfg.eval, cache_dir=paths.base / "data" / "classifiers",
                                               device=self.device, progress=progress)
             self.ref = metrics.features(self.net, data.to_model_range(images).to(self.device))
+        else:  # Inception FID against clean-fid's stored training-set statistics (checked offline first)
+            from lib import fid
+
+            self.fid = fid
+            self.ref = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", cfg.eval.fid_mode)
         self.name = "FD_clf" if self.metric == "classifier" else "FID"
 
     def features(self, x_model_range: torch.Tensor) -> np.ndarray:
-        return metrics.features(self.net, x_model_range.to(self.device))
+        if self.metric == "classifier":
+            return metrics.features(self.net, x_model_range.to(self.device))
+        return self.fid.inception_features(data.from_model_range(x_model_range), mode=self.cfg.eval.fid_mode,
+                                           device=self.device)
 
     def score(self, feats: np.ndarray, seed: int = 0) -> dict:
         return metrics.fd_bootstrap(feats, self.ref, n_boot=self.cfg.eval.n_boot, level=self.cfg.eval.ci_level,
@@ -191,10 +199,19 @@ def compare_arms(paths: Paths, cfg: Config, method: str, steps: int, a: str = "b
 
 
 def save_reference(ev: ImageEvaluator) -> Path:
-    p = ev.paths.runs / "features" / "reference.npy"
+    """The reference features (classifier) or (μ, Σ) (Inception) for notebook 05, as ``reference.npz``."""
+    p = ev.paths.runs / "features" / "reference.npz"
     p.parent.mkdir(parents=True, exist_ok=True)
-    np.save(p, ev.ref)
+    if isinstance(ev.ref, tuple):
+        np.savez(p, mu=ev.ref[0], sigma=ev.ref[1])
+    else:
+        np.savez(p, features=ev.ref)
     return p
+
+
+def load_reference(paths: Paths):
+    with np.load(paths.require(paths.runs / "features" / "reference.npz", "04_sampler_sweeps")) as f:
+        return f["features"] if "features" in f else (f["mu"], f["sigma"])
 
 
 def write_json(path, obj) -> Path:

@@ -100,3 +100,26 @@ def test_full_cleanfid_path_with_stand_in(mode, empty_dirs, no_network, tmp_path
     folder = tmp_path / "pngs"
     fid._as_folder(_images(64, 2), folder)
     assert fid.inception_fid(str(folder), ref_images=ref, **kw) == pytest.approx(other, rel=1e-9)
+
+
+def test_features_and_reference_stats_feed_the_bootstrap(tmp_path, monkeypatch):
+    """The gpu-profile path: clean-fid features of generated images, bootstrapped against stored (μ, Σ)."""
+    import numpy as np
+    import torch
+
+    from lib import fid, metrics
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+    extractor = lambda x: conv(x / 255.0).mean((2, 3)).detach()
+    imgs = torch.randint(0, 256, (40, 3, 16, 16), generator=g, dtype=torch.uint8)
+    f = fid.inception_features(imgs, mode="clean", device="cpu", feat_extractor=extractor)
+    assert f.shape == (40, 8) and np.isfinite(f).all()
+    stats_dir = tmp_path / "stats"
+    stats_dir.mkdir()
+    name = fid.stats_filename("cifar10", "clean", 32, "train")
+    np.savez(stats_dir / name, mu=f.mean(0), sigma=np.cov(f, rowvar=False))
+    monkeypatch.setattr(fid, "STATS_DIR", str(stats_dir))
+    mu, sigma = fid.reference_stats("cifar10", 32, "train", "clean")
+    b = metrics.fd_bootstrap(f, (mu, sigma), n_boot=20)
+    assert abs(b["value"]) < 1e-6 and b["value"] == pytest.approx(metrics.fd_from_features(f, f), abs=1e-9)
