@@ -10,8 +10,8 @@ Features of every image cell are saved so that notebook 05 can form paired compa
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,25 @@ def train_images(cfg: Config, paths: Paths, arms=ARMS, progress=True) -> dict:
     return {arm: train(cfg, arm, image_run(paths, arm), progress=progress).parent for arm in arms}
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run the 2-D toy single-threaded: its tensors are so small that intra-op threads only add
+    synchronisation (and, on a busy 2-core machine, contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def train_toys(cfg: Config, paths: Paths, arms=ARMS, progress=True) -> dict:
     """Train ``toy.n_seeds`` seeds of every arm on the 2-D toy; returns {(arm, seed): run_dir}."""
+    with single_thread():
+        return _train_toys(cfg, paths, arms, progress)
+
+
+def _train_toys(cfg, paths, arms, progress):
     out = {}
     for seed in range(cfg.toy.n_seeds):
         tcfg = with_overrides(toy_config(cfg), {"train.seed": seed})
@@ -67,6 +84,11 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
     """Every (arm, method, steps) cell on the toy, per seed: :func:`lib.metrics.toy_metrics`.
 
     ``model_wrapper(model, arm) -> eps_model`` lets notebook 06 apply training-free fixes."""
+    with single_thread():
+        return _toy_sweep(cfg, paths, methods, steps, arms, grid, model_wrapper, tag, options)
+
+
+def _toy_sweep(cfg, paths, methods, steps, arms, grid, model_wrapper, tag, options):
     tcfg = toy_config(cfg)
     gmm = data.toy_distribution(tcfg.data.dataset)
     schedule = schedule_of(tcfg)
