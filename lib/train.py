@@ -140,13 +140,16 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self._float_keys = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module):
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
-            else:
+        state = model.state_dict()
+        # One fused kernel over all tensors instead of hundreds of small ones per step (GPU).
+        torch._foreach_lerp_([self.shadow[k] for k in self._float_keys],
+                             [state[k].float() for k in self._float_keys], 1.0 - self.decay)
+        for k, v in state.items():
+            if not v.dtype.is_floating_point:
                 self.shadow[k].copy_(v)
 
     def state_dict(self):
@@ -227,6 +230,8 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
     torch.manual_seed(T.seed)  # same initial weights on every rank and in every arm
     schedule = schedule_of(cfg)
     model = build_model(cfg.model).to(device)
+    if world > 1:  # the global RNG now only drives dropout: give each rank its own masks
+        torch.manual_seed(T.seed + 1_000_003 * rank)
     if T.channels_last and not toy:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, T.ema_decay)
@@ -246,12 +251,16 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         opt.load_state_dict(state["opt"])
         source.load_state_dict(state["data"])
         rng = state["rng"]
-        mine = rng[rank] if len(rng) == world else rng[0]
-        g_noise.set_state(mine["noise"].cpu())
-        torch.set_rng_state(mine["cpu"].cpu())
-        if device.type == "cuda" and "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
         start = int(state["step"])
+        if len(rng) == world:  # the same process layout: continue every rank's streams exactly
+            mine = rng[rank]
+            g_noise.set_state(mine["noise"].cpu())
+            torch.set_rng_state(mine["cpu"].cpu())
+            if device.type == "cuda" and "cuda" in mine:
+                torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+        else:  # another number of processes: fresh, distinct streams per rank (not bit-exact)
+            g_noise.manual_seed((T.seed * 1_000_003 + rank) * 104_729 + start)
+            torch.manual_seed((T.seed * 1_000_003 + rank) * 104_729 + start + 1)
         if rank == 0:
             print(f"resuming {out} from {path.name} (step {start})", file=sys.stderr)
     if rank == 0:
@@ -299,6 +308,10 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         n_acc += 1
         done = step + 1
         if done % T.log_every == 0 or done == T.steps:
+            if world > 1:  # log the whole global batch, not rank 0's share
+                for v in acc.values():
+                    dist.all_reduce(v)
+                    v /= world
             vals = {k: (v / n_acc).item() for k, v in acc.items()}
             if not math.isfinite(vals["loss"]):
                 _nonfinite(vals["loss"], step, arm, last_good)
