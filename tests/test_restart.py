@@ -1,0 +1,131 @@
+"""Heun and Restart (lib/restart.py): EDM grid, second-order convergence on the exact Gaussian ODE, the
+exact forward jump, NFE = 2N − 1 + K·2(N_R − 1) against counted calls, K = 0 equals Heun bit for bit."""
+import pytest
+import torch
+
+from lib import restart, samplers
+from lib.analytic import gaussian_eps, gaussian_ode_solution, gmm_eps
+from lib.schedule import linear_schedule
+
+SCH = linear_schedule()
+
+
+def gaussian_model(s):
+    return lambda x, t: gaussian_eps(x, t, SCH, s)
+
+
+def mixture_model(d=8):
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(3, d, generator=g, dtype=torch.float64)
+    return lambda x, t: gmm_eps(x, t, SCH, means, 0.3, [0.5, 0.3, 0.2])
+
+
+def x_T(n=16, d=8, seed=1, dtype=torch.float64):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_edm_grid_and_its_times():
+    s = restart.edm_sigmas(80.0, 0.002, 18)
+    assert s[0] == 80.0 and s[-1] == 0.002 and bool((s[1:] < s[:-1]).all())
+    # EDM eq. 5 at an interior point
+    i = 7
+    ref = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert abs(float(s[i]) - ref) < 1e-12 * ref
+    t = restart.heun_times(SCH, 18)
+    assert float(t[0]) == SCH.T - 1 and float(t[-1]) == 0.0 and bool((t[1:] < t[:-1]).all())
+    sig = restart.edm_sigmas(float(SCH.sigma(SCH.T - 1)), float(SCH.sigma(0)), 18)
+    torch.testing.assert_close(SCH.sigma(t), sig, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0])
+def test_heun_converges_at_second_order_on_the_exact_gaussian_ode(s):
+    x = x_T()
+    exact = gaussian_ode_solution(x, SCH.T - 1, 0, SCH, s)
+    errs = [float((restart.heun_pass(gaussian_model(s), x, SCH, restart.heun_times(SCH, N)) - exact).abs().max())
+            for N in (20, 40, 80)]
+    ratios = [errs[i] / errs[i + 1] for i in range(2)]
+    assert all(3.6 < r < 4.8 for r in ratios), (errs, ratios)  # 2nd order: ratio 4 per halving of the step
+    # the full sampler (main pass + Euler to σ = 0) is accurate too
+    full = samplers.sample(gaussian_model(s), x, SCH, 80, "heun")
+    assert float((full - gaussian_ode_solution(x, SCH.T - 1, -1, SCH, s)).abs().max()) < 5 * errs[-1] + 1e-3
+
+
+@pytest.mark.parametrize("N", [2, 5, 18])
+def test_heun_nfe_is_2n_minus_1(N):
+    info = {}
+    samplers.sample(mixture_model(), x_T(n=3), SCH, N, "heun", info=info)
+    assert info["nfe"] == samplers.nfe("heun", N) == 2 * N - 1
+    assert info["timesteps"] == restart.heun_times(SCH, N).tolist()
+
+
+@pytest.mark.parametrize("N,n_r,k", [(18, 3, 2), (18, 3, 5), (10, 4, 1), (6, 2, 3), (5, 3, 0)])
+def test_restart_nfe_formula_equals_counted_calls(N, n_r, k):
+    info = {}
+    samplers.sample(mixture_model(), x_T(n=3), SCH, N, "restart", n_r=n_r, k=k, info=info,
+                    generator=torch.Generator().manual_seed(0))
+    assert info["nfe"] == samplers.nfe("restart", N, n_r=n_r, k=k) == 2 * N - 1 + k * 2 * (n_r - 1)
+
+
+def test_paper_setting_nfe():
+    # Xu et al., CIFAR-10 VP: N = 18, N_R = 3, K = 2/5/10/20 → NFE 43/55/75/115 (Heun alone: 35)
+    assert [samplers.nfe("restart", 18, k=k) for k in (2, 5, 10, 20)] == [43, 55, 75, 115]
+    assert samplers.nfe("heun", 18) == 35
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_restart_with_k_0_is_heun_bit_for_bit(dtype):
+    model, x = mixture_model(), x_T(dtype=dtype)
+    for N in (5, 18):
+        h = samplers.sample(model, x, SCH, N, "heun")
+        r = samplers.sample(model, x, SCH, N, "restart", k=0, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(h, r)
+        assert not torch.equal(h, samplers.sample(model, x, SCH, N, "restart", k=1,
+                                                  generator=torch.Generator().manual_seed(0)))
+
+
+def test_restart_interval_lands_on_the_grid_point_nearest_sigma_min():
+    info = {}
+    samplers.sample(mixture_model(), x_T(n=2), SCH, 18, "restart", info=info, generator=torch.Generator().manual_seed(0))
+    main = torch.tensor(info["timesteps"], dtype=torch.float64)
+    sig = torch.cat([SCH.sigma(main), torch.zeros(1, dtype=torch.float64)])
+    j = info["restart_index"]
+    assert j == int((sig - 0.06).abs().argmin())
+    inner = info["restart_times"]
+    assert len(inner) == 3 and inner[-1] == info["timesteps"][j]
+    assert abs(float(SCH.sigma(inner[0])) - 0.30) < 1e-9
+    assert 85 < inner[0] < 90  # σ = 0.30 is t ≈ 88 on the linear schedule (PAPER.md §4)
+    assert abs(float(SCH.sigma(inner[-1])) - 0.06) < 0.03  # σ_lo = 0.082: the grid point nearest 0.06 (t ≈ 21, N = 18)
+
+
+@pytest.mark.parametrize("s", [0.3, 1.0, 2.0])
+def test_forward_jump_is_exact_in_distribution(s):
+    """For data N(0, s²I) the marginal at t has variance v_t = ᾱ_t s² + 1 − ᾱ_t; a² v_lo + b² = v_hi."""
+    for t_lo, t_hi in [(14.2, 88.7), (0.0, 999.0), (300.0, 301.5)]:
+        a, b = restart.jump_coefficients(SCH, t_lo, t_hi)
+        ab_lo, ab_hi = float(SCH.alpha_bar(t_lo)), float(SCH.alpha_bar(t_hi))
+        v_lo, v_hi = ab_lo * s**2 + 1 - ab_lo, ab_hi * s**2 + 1 - ab_hi
+        assert abs(a**2 * v_lo + b**2 - v_hi) < 1e-12
+        # in y = x/√ᾱ: y_hi = y_lo + √(σ_hi² − σ_lo²) ξ
+        x, xi = x_T(), x_T(seed=2)
+        y = restart.restart_jump(x, SCH, t_lo, t_hi, noise=xi) / ab_hi**0.5
+        s_lo, s_hi = float(SCH.sigma(t_lo)), float(SCH.sigma(t_hi))
+        torch.testing.assert_close(y, x / ab_lo**0.5 + (s_hi**2 - s_lo**2) ** 0.5 * xi, rtol=1e-10, atol=1e-10)
+
+
+def test_restart_with_exact_model_keeps_the_data_distribution():
+    s = 0.5
+    x = torch.randn(4000, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = samplers.sample(gaussian_model(s), x, SCH, 18, "restart", k=5, generator=torch.Generator().manual_seed(4))
+    assert abs(float(out.var()) / s**2 - 1) < 0.05
+
+
+def test_bad_restart_settings_are_rejected():
+    model, x = mixture_model(), x_T(n=2)
+    with pytest.raises(ValueError, match="n_r"):
+        samplers.sample(model, x, SCH, 18, "restart", n_r=1)
+    with pytest.raises(ValueError, match="k \\(the number K"):
+        samplers.nfe("restart", 18, k=-1)
+    with pytest.raises(ValueError, match="restart interval"):
+        samplers.sample(model, x, SCH, 18, "restart", sigma_min=0.5, sigma_max=0.3)
+    with pytest.raises(ValueError, match="positive integer"):
+        samplers.sample(model, x, SCH, 0, "heun")
