@@ -414,7 +414,21 @@ register("pndm", pndm, lambda schedule, num_steps, grid: _need_timesteps("pndm",
 register("deis", deis, _deis_nfe)
 
 
+# Modules that register further samplers (related methods). They import this module, so they are
+# loaded on first need rather than at import time (no import cycle).
+EXTENSIONS = ("lib.timeshift", "lib.restart")
+
+
+def _load_extensions():
+    import importlib
+
+    for mod in EXTENSIONS:
+        importlib.import_module(mod)
+
+
 def _spec(method: str) -> MethodSpec:
+    if method not in METHODS:
+        _load_extensions()
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(METHODS)}")
     return METHODS[method]
