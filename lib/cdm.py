@@ -174,8 +174,9 @@ def start_from(src_run, dst_run) -> int:
 def seconds_per_step(cfg, arm: str, n_steps: int = 3, warmup: int = 1, device="cpu") -> float:
     """Wall time of one training step (forward, backward, Adam) of ``arm``'s loss under ``cfg``.
 
-    A fresh model of ``cfg.model`` on one real batch of ``cfg.data``; ``warmup`` untimed steps first.
-    Only ratios between arms measured in the same process are meaningful."""
+    A fresh model of ``cfg.model`` on one real batch of ``cfg.data``, under ``cfg.train.amp`` as lib.train
+    runs it; ``warmup`` untimed steps first. Only ratios between arms measured in the same process are
+    meaningful."""
     import time
 
     from lib import data
@@ -191,14 +192,16 @@ def seconds_per_step(cfg, arm: str, n_steps: int = 3, warmup: int = 1, device="c
     x0 = x0.float().to(device)
     loss_fn = make_loss(cfg, arm, schedule_of(cfg))
     g = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
     elapsed = 0.0
     for i in range(warmup + n_steps):
         t0 = time.perf_counter()
-        loss = loss_fn(model, x0, g, {}).mean()
+        with autocast:
+            loss = loss_fn(model, x0, g, {}).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device != "cpu" and torch.cuda.is_available():
+        if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             elapsed += time.perf_counter() - t0
