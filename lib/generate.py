@@ -98,7 +98,7 @@ def _option_value(value: str, default):
 
 def _parse_options(method: str, items) -> dict:
     """``["eta=0.5", ...]`` -> ``{"eta": 0.5}``; unknown methods and options fail with the valid names."""
-    spec = samplers.METHODS.get(method)
+    spec = samplers.METHODS.get(method) or (samplers._load_extensions() or samplers.METHODS.get(method))
     if spec is None:
         raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(samplers.METHODS)}")
     opts = {}
