@@ -289,7 +289,7 @@ def fd_bootstrap(f_gen, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: 
 def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: int = 0,
                       device="cpu", paired: bool = False) -> dict:
     """Paired comparison of two arms against the same reference: FD_a − FD_b and the relative
-    improvement (FD_a − FD_b)/FD_a, each with a percentile interval from independent resamples of
+    improvement (FD_a − FD_b)/FD_a, each with a bias-corrected percentile interval from independent resamples of
     each arm's generated features. ``excludes_zero``: the interval of the difference excludes 0.
     With a the baseline and b the S²-DM, a positive difference means b is better.
 
@@ -307,8 +307,10 @@ def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95
     ba, bb = _boot_fds(f_a, fd_ref, n_boot, rng_a), _boot_fds(f_b, fd_ref, n_boot, rng_b)
     fa, fb = fd_from_features(f_a, f_ref), fd_from_features(f_b, f_ref)
     diff, rel = ba - bb, (ba - bb) / ba
-    d_lo, d_hi = _percentiles(diff, level)
-    r_lo, r_hi = _percentiles(rel, level)
+    # Bias-corrected percentile intervals, as in fd_bootstrap: resampling biases both FDs upwards,
+    # and the shift re-centres each interval on its full-sample estimate.
+    d_lo, d_hi = (q - (diff.mean() - (fa - fb)) for q in _percentiles(diff, level))
+    r_lo, r_hi = (q - (rel.mean() - (fa - fb) / fa) for q in _percentiles(rel, level))
     return dict(fd_a=fa, fd_b=fb, diff=fa - fb, diff_lo=d_lo, diff_hi=d_hi, diff_std=float(diff.std(ddof=1)),
                 rel=(fa - fb) / fa, rel_lo=r_lo, rel_hi=r_hi, excludes_zero=bool(d_lo > 0 or d_hi < 0),
                 n_a=len(f_a), n_b=len(f_b), n_boot=n_boot, level=level, paired=paired)

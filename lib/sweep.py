@@ -165,12 +165,18 @@ class ImageEvaluator:
                                     seed=seed)
 
 
-def features_path(paths: Paths, arm: str, method: str, steps: int) -> Path:
-    return paths.runs / "features" / f"{arm}__{method}__S{steps}.npy"
+def _cell_name(cfg: Config, arm: str, method: str, steps: int) -> str:
+    # The sample set (its size and seed) is part of the name, so notebooks that measure the same
+    # (arm, sampler, steps) on other sample sets (06: fewer samples, sets A/B) never overwrite 04's.
+    return f"{arm}__{method}__S{steps}__n{cfg.sample.n_samples}__seed{cfg.sample.seed}"
 
 
-def samples_path(paths: Paths, arm: str, method: str, steps: int) -> Path:
-    return paths.runs / "samples" / f"{arm}__{method}__S{steps}.pt"
+def features_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int) -> Path:
+    return paths.runs / "features" / f"{_cell_name(cfg, arm, method, steps)}.npy"
+
+
+def samples_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int) -> Path:
+    return paths.runs / "samples" / f"{_cell_name(cfg, arm, method, steps)}.pt"
 
 
 def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str, steps: int, *,
@@ -187,11 +193,11 @@ def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str
                           method=method, num_steps=steps, grid=grid or cfg.sample.grid,
                           batch_size=cfg.sample.batch_size, seed=cfg.sample.seed, device=ev.device,
                           progress=progress, info=info, **options)
-    generate.save_samples(x, samples_path(ev.paths, arm, label, steps))
+    generate.save_samples(x, samples_path(ev.paths, cfg, arm, label, steps))
     # Score the images as they would be stored (uint8), as FID tools do.
     x = data.to_model_range(data.from_model_range(x))
     f = ev.features(x)
-    p = features_path(ev.paths, arm, label, steps)
+    p = features_path(ev.paths, cfg, arm, label, steps)
     p.parent.mkdir(parents=True, exist_ok=True)
     np.save(p, f)
     s = ev.score(f)
@@ -214,8 +220,8 @@ def image_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None,
 def compare_arms(paths: Paths, cfg: Config, method: str, steps: int, a: str = "baseline", b: str = "s2dm",
                  ref: np.ndarray | None = None) -> dict:
     """Paired-sample comparison of two arms' saved features (bootstrap; see lib.metrics.compare_bootstrap)."""
-    fa = np.load(paths.require(features_path(paths, a, method, steps), "04_sampler_sweeps"))
-    fb = np.load(paths.require(features_path(paths, b, method, steps), "04_sampler_sweeps"))
+    fa = np.load(paths.require(features_path(paths, cfg, a, method, steps), "04_sampler_sweeps"))
+    fb = np.load(paths.require(features_path(paths, cfg, b, method, steps), "04_sampler_sweeps"))
     # Both arms' sample i start from the same x_T: a paired bootstrap.
     return metrics.compare_bootstrap(fa, fb, ref, n_boot=cfg.eval.n_boot, level=cfg.eval.ci_level, paired=True)
 
