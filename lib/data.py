@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.checkpoint import atomic_save
+
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
 
@@ -344,7 +346,7 @@ def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = Fa
         if blob.get("files") == names and blob["images"].shape[-1] == size:
             return blob["images"]
     images = _decode_celeba(img_dir, names, size)
-    _atomic_torch_save({"images": images, "files": names, "size": size}, cache)
+    atomic_save({"images": images, "files": names, "size": size}, cache)  # never a half-written cache
     return images
 
 
@@ -376,15 +378,3 @@ def _download_celeba(root: Path, folder: Path) -> None:
     except Exception as e:
         raise DatasetMissing(f"CelebA download failed ({type(e).__name__}: {e}).\n"
                              + str(_celeba_missing(folder))) from None
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: never a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -16,7 +16,6 @@ Toy metrics (:func:`toy_metrics`) compare 2-D samples with the known Gaussian mi
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy import linalg
+
+from lib.checkpoint import atomic_write_bytes
 
 CLASSIFIER_DATASETS = ("digits", "mnist", "cifar10")
 
@@ -143,20 +144,9 @@ def get_classifier(data_cfg, eval_cfg, cache_dir="data/classifiers", device="cpu
                 feature_dim=model.feature_dim, n_images=len(images))
     model.meta = meta
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(pt, lambda f: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f))
-    _atomic_write(js, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write_bytes(pt, lambda f: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f))
+    atomic_write_bytes(js, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return model
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @torch.no_grad()
