@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,16 +65,6 @@ class PairedModel:
         self.inline_s += t1 - t0
         self.alone_s += time.perf_counter() - t1
         return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(device) -> dict:

@@ -40,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -257,16 +258,6 @@ def cuda_info(device) -> dict:
     p = torch.cuda.get_device_properties(device)
     return {"gpu": p.name, "gpu_memory_gib": p.total_memory / 2**30, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(), "gpu_count": torch.cuda.device_count()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_state() -> dict:

@@ -8,8 +8,10 @@ import torch
 from scipy import integrate
 
 from lib import samplers
-from lib.analytic import gaussian_eps, gaussian_ode_solution, gmm_eps
+from lib.analytic import gaussian_eps, gaussian_ode_solution
 from lib.schedule import linear_schedule
+
+import fixed_models  # tests/fixed_models.py
 
 SCH = linear_schedule()
 ALL = ("ddim", "ddpm", "spndm", "pndm", "deis")
@@ -18,15 +20,7 @@ DIFFUSERS_KW = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, be
 
 
 def mixture_model(d=16, seed=0):
-    """A fixed, deterministic, nonlinear ε-model: the exact GMM ε plus a small tanh of a linear map."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(3, d, generator=g, dtype=torch.float64)
-    W = torch.randn(d, d, generator=g, dtype=torch.float64) / 4
-
-    def model(x, t):
-        return gmm_eps(x, t, SCH, means, 0.3, [0.5, 0.3, 0.2]) + 0.05 * torch.tanh(x @ W.to(x.dtype))
-
-    return model
+    return fixed_models.mixture_model(SCH, d, seed)
 
 
 def x_T(n=8, d=16, seed=1, dtype=torch.float32):

@@ -5,22 +5,15 @@ import pytest
 import torch
 
 from lib import samplers, timeshift
-from lib.analytic import gmm_eps
 from lib.schedule import linear_schedule
+
+import fixed_models  # tests/fixed_models.py
 
 SCH = linear_schedule()
 
 
 def mixture_model(d=16, seed=0):
-    """A fixed nonlinear per-sample ε-model: the exact GMM ε plus a small tanh of a linear map."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(3, d, generator=g, dtype=torch.float64)
-    W = torch.randn(d, d, generator=g, dtype=torch.float64) / 4
-
-    def model(x, t):
-        return gmm_eps(x, t, SCH, means, 0.3, [0.5, 0.3, 0.2]) + 0.05 * torch.tanh(x @ W.to(x.dtype))
-
-    return model
+    return fixed_models.mixture_model(SCH, d, seed)
 
 
 def x_T(n=24, d=16, seed=1, dtype=torch.float32):
