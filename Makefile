@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-LIB := $(wildcard lib/*.py)
+LIB := $(wildcard lib/*.py lib/*/*.py)
 
 .PHONY: reproduce test lab bench venv clean-figures help
 help:

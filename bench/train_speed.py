@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 from lib import samplers  # noqa: E402
 from lib.config import get_config  # noqa: E402
 from lib.losses import ddpm_loss  # noqa: E402
-from lib.train import EMA, build_model, make_loss, schedule_of  # noqa: E402
+from lib.factory import build_model, schedule_of  # noqa: E402
+from lib.train import EMA, make_loss  # noqa: E402
 from lib.unet import num_groups  # noqa: E402
 
 TARGET_IMAGES_PER_S = 5400  # paper CIFAR-10 UNet, one H100, batch 128: twice DDPM's 21 steps/s on a TPU v3-8

@@ -2,7 +2,7 @@
 
     cfg = get_config("cpu", ["train.steps=2000", "loss.tau=0.98"])
 
-Profiles (DESIGN.md): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
+Profiles (README.md): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
 without a GPU: MNIST-5k and 2-D toy data, ~30 min on 2 cores), ``gpu`` (one GPU: CIFAR-10) and
 ``paper`` (the paper's model and optimiser, long training, 50k-sample FID).
 Unknown profiles, unknown keys, wrong types and impossible values fail at once with a message
@@ -40,7 +40,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The linear-β schedule of DDPM (PAPER.md §1)."""
+    """The linear-β schedule of DDPM (docs/method.md §1)."""
 
     T: int = 1000
     beta_start: float = 1e-4
@@ -73,7 +73,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Adam, gradient clipping and EMA as in the DDIM code (PAPER.md §1)."""
+    """Adam, gradient clipping and EMA as in the DDIM code (docs/method.md §1)."""
 
     steps: int = 800_000
     batch_size: int = 128

@@ -32,7 +32,7 @@ def initial_noise(shape, start: int, stop: int, seed: int) -> torch.Tensor:
 
 def load_model(run_dir, device="cpu"):
     """The EMA ε-model of a finished run (``final.pt``) in eval mode, and its config."""
-    from lib.train import build_model
+    from lib.factory import build_model
 
     cfg, state = ckpt.load_run(run_dir, map_location="cpu")
     model = build_model(cfg.model)
@@ -98,7 +98,7 @@ def _option_value(value: str, default):
 
 def _parse_options(method: str, items) -> dict:
     """``["eta=0.5", ...]`` -> ``{"eta": 0.5}``; unknown methods and options fail with the valid names."""
-    spec = samplers.METHODS.get(method) or (samplers._load_extensions() or samplers.METHODS.get(method))
+    spec = samplers.METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(samplers.METHODS)}")
     opts = {}
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     import time
 
     from lib.config import ConfigError
-    from lib.train import schedule_of
+    from lib.factory import schedule_of
 
     a = argparser().parse_args(argv)
     rank = 0

@@ -1,4 +1,4 @@
-"""Training losses: DDPM's L_0 and S²-DM's τL_0 + (1-τ)L_skip (PAPER.md §1).
+"""Training losses: DDPM's L_0 and S²-DM's τL_0 + (1-τ)L_skip (docs/method.md §1).
 
 Every loss returns a **per-sample** loss ``[N]`` (the mean over that sample's pixels); the batch
 reduction lives in the training loop. Explicit ``t`` and noise tensors make each loss
@@ -61,7 +61,7 @@ def s2dm_loss(eps_model, x0, schedule: Schedule, *, skip: int = 9, tau: float = 
     if same_noise:
         noise_skip = noise
     eps = eps_model(schedule.q_sample(x0, t, noise), t)
-    c = schedule.c_skip(t.detach().to(torch.float64), skip, check=False).to(torch.float32)
+    c = schedule.c_t(t.detach().to(torch.float64), skip, check=False).to(torch.float32)
     c = c.view(-1, *([1] * (x0.ndim - 1)))
     l0 = _per_sample_mean(noise - eps)
     lskip = _per_sample_mean(noise_skip - c * eps.float())

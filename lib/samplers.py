@@ -8,17 +8,12 @@ times, the last step going to t = -1, i.e. ᾱ = 1) and speaks the ε-model cont
 count (NFE) of every run is measured by wrapping the model in :class:`NFECounter`; :func:`nfe`
 predicts it and the tests check that the two agree.
 
-All of them build on the DDIM transfer φ (DDIM eq. 12 with σ_t(η)):
+All of them build on the DDIM transfer φ of :mod:`lib.transfer` (DDIM eq. 12 with σ_t(η)), whose
+coefficients are float64; the tensor arithmetic runs in x's dtype on x's device.
 
-    x_{t'} = √ᾱ_{t'} x̂_0 + √(1-ᾱ_{t'}-σ²) ε + σ z,   x̂_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t   (no clipping)
-
-which at η = 0 is exact for a constant ε: in y = x/√ᾱ and σ(t) = √((1-ᾱ_t)/ᾱ_t) the probability-flow
-ODE reads dy/dσ = ε, and φ is its Euler step y' = y + (σ' - σ) ε.
-
-Per-step coefficients are computed in float64 (Python floats); the tensor arithmetic runs in x's
-dtype on x's device.
-
-Later modules add methods with :func:`register` (see its docstring for the function contract).
+The registry (:data:`METHODS`) holds the paper's samplers and, imported explicitly, the neighbouring
+methods' (lib.related: ``ts-ddim``, ``ts-pndm``, ``heun``, ``restart``); :func:`register` adds more
+(see its docstring for the function contract).
 """
 from __future__ import annotations
 
@@ -31,13 +26,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lib.related import restart, timeshift
 from lib.schedule import Schedule, linear_schedule
+from lib.transfer import (ab_table, apply_ddim, check_eta, ddim_coefficients, ddim_from_ab, ddim_step, grid_table, lincomb,
+                          pndm_midpoint, progress_iter, time_tensor)
 
 __all__ = ["sample", "nfe", "register", "METHODS", "MethodSpec", "NFECounter", "ddim_coefficients",
            "ddim_step", "deis_coefficients", "pndm_midpoint", "time_tensor", "progress_iter"]
 
 
-# ============================================================================ shared pieces
 class NFECounter:
     """Wraps an ε-model and counts its calls (the honest NFE); also keeps the times it was called at."""
 
@@ -69,98 +66,16 @@ class NFECounter:
         self._t = []
 
 
-def time_tensor(t: float, x: torch.Tensor) -> torch.Tensor:
-    """t as the contract's float tensor ``[N]`` on x's device (float64 when x is, else float32)."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.full((x.shape[0],), float(t), dtype=dtype, device=x.device)
-
-
-def progress_iter(items, progress: bool, desc: str = ""):
-    """``items`` wrapped in a tqdm bar when ``progress`` is true."""
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, total=len(items))
-
-
-def _ab_table(schedule: Schedule, times) -> dict:
-    """{t: ᾱ_t} (float64) for a set of times, from one vectorised schedule call.
-
-    Every method builds its per-grid coefficients from such a table (none is evaluated inside the
-    step loop), and DDIM and DEIS build theirs from the same canonical list of times, which keeps
-    DEIS order 1 bit-identical to DDIM."""
-    ts = sorted({float(t) for t in times})
-    return dict(zip(ts, schedule.alpha_bar(torch.tensor(ts, dtype=torch.float64)).tolist()))
-
-
-def _grid_table(schedule: Schedule, pairs) -> dict:
-    return _ab_table(schedule, [t for pair in pairs for t in pair])
-
-
-def _lincomb(x: torch.Tensor, a: float, terms) -> torch.Tensor:
-    """a·x + Σ c_j e_j. DDIM and DEIS both go through here, so DEIS order 1 equals DDIM bit for bit."""
-    out = x * a
-    for c, e in terms:
-        out.add_(e, alpha=c)
-    return out
-
-
-def _noise(x: torch.Tensor, generator) -> torch.Tensor:
-    # Draw on the generator's device, then move: the same seed gives the same noise on CPU and GPU.
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-
-
 # ============================================================================ DDIM / DDPM
-def _ddim_from_ab(ab_t: float, ab_n: float, eta: float = 0.0) -> tuple[float, float, float]:
-    sigma = 0.0
-    if eta > 0 and ab_n > ab_t:
-        sigma = eta * math.sqrt((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n))
-    a = math.sqrt(ab_n / ab_t)
-    b = math.sqrt(max(1.0 - ab_n - sigma**2, 0.0)) - a * math.sqrt(1.0 - ab_t)
-    return a, b, sigma
-
-
-def ddim_coefficients(schedule: Schedule, t, t_next, eta: float = 0.0) -> tuple[float, float, float]:
-    """(a, b, σ) of the DDIM step x_{t'} = a x_t + b ε + σ z, in float64.
-
-    σ = η √((1-ᾱ_{t'})/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_{t'}) (DDIM eq. 16), a = √(ᾱ_{t'}/ᾱ_t),
-    b = √(1-ᾱ_{t'}-σ²) - a √(1-ᾱ_t). η = 1 is DDPM's ancestral step between the two times.
-    """
-    tab = _ab_table(schedule, [t, t_next])
-    return _ddim_from_ab(tab[float(t)], tab[float(t_next)], eta)
-
-
-def _apply_ddim(x, eps, coefs, generator=None, noise=None):
-    a, b, sigma = coefs
-    out = _lincomb(x, a, [(b, eps)])
-    if sigma > 0:
-        out.add_(noise if noise is not None else _noise(x, generator), alpha=sigma)
-    return out
-
-
-def ddim_step(x, eps, schedule: Schedule, t, t_next, eta: float = 0.0, generator=None, noise=None):
-    """One DDIM step from t to t_next (φ of PNDM when η = 0); ``noise`` overrides the draw of z.
-
-    A building block for other modules; the samplers here use per-grid precomputed coefficients."""
-    return _apply_ddim(x, eps, ddim_coefficients(schedule, t, t_next, eta), generator, noise)
-
-
-def _check_eta(eta):
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta!r}")
-
-
 def ddim(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=False, info=None, eta=0.0):
     """DDIM (Song et al. 2021, eq. 12): one ε evaluation per grid time; η > 0 adds σ_t(η) z."""
-    _check_eta(eta)
+    check_eta(eta)
     pairs = schedule.step_pairs(num_steps, grid)
-    tab = _grid_table(schedule, pairs)
-    coefs = [_ddim_from_ab(tab[float(t)], tab[float(tn)], eta) for t, tn in pairs]
+    tab = grid_table(schedule, pairs)
+    coefs = [ddim_from_ab(tab[float(t)], tab[float(tn)], eta) for t, tn in pairs]
     x = x_T
     for (t, _), c in progress_iter(list(zip(pairs, coefs)), progress, "ddim"):
-        x = _apply_ddim(x, eps_model(x, time_tensor(t, x)), c, generator)
+        x = apply_ddim(x, eps_model(x, time_tensor(t, x)), c, generator)
     return x
 
 
@@ -175,18 +90,6 @@ def ddpm(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=
 
 
 # ============================================================================ PNDM
-def pndm_midpoint(t: int, t_next: int) -> int:
-    """The pseudo-Runge–Kutta midpoint time: t - ⌊(t - t')/2⌋, an integer.
-
-    The PNDM code calls the model at (t + t')/2 (fractional when t - t' is odd); diffusers'
-    PNDMScheduler uses t - (T//S)//2. Both agree when the step is even (S = 10, 20, 50 on T = 1000).
-    We take diffusers' integer rule because the network was only trained at integer t, and apply it
-    per step so it also serves the quad grid. (For odd T//S, diffusers itself is inconsistent: it
-    transfers x to t - ⌊Δ/2⌋ but evaluates the model at t' + ⌊Δ/2⌋, one step lower.)
-    """
-    return int(t) - (int(t) - int(t_next)) // 2
-
-
 def _need_timesteps(method: str, schedule, num_steps, grid, k: int) -> int:
     n = len(schedule.timesteps(num_steps, grid))
     if n < k:
@@ -204,17 +107,17 @@ def spndm(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress
     """
     _need_timesteps("spndm", schedule, num_steps, grid, 2)
     pairs = schedule.step_pairs(num_steps, grid)
-    tab = _grid_table(schedule, pairs)
-    phi = [_ddim_from_ab(tab[float(t)], tab[float(tn)]) for t, tn in pairs]  # the transfer φ(t→t')
+    tab = grid_table(schedule, pairs)
+    phi = [ddim_from_ab(tab[float(t)], tab[float(tn)]) for t, tn in pairs]  # the transfer φ(t→t')
     x, prev = x_T, None
     for i, ((t, t_next), c) in enumerate(progress_iter(list(zip(pairs, phi)), progress, "spndm")):
         e = eps_model(x, time_tensor(t, x))
         if i == 0:
-            e_use = (e + eps_model(_apply_ddim(x, e, c), time_tensor(t_next, x))) / 2
+            e_use = (e + eps_model(apply_ddim(x, e, c), time_tensor(t_next, x))) / 2
         else:
             e_use = (3 * e - prev) / 2
         prev = e
-        x = _apply_ddim(x, e_use, c)
+        x = apply_ddim(x, e_use, c)
     return x
 
 
@@ -224,27 +127,27 @@ def pndm(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=
     Pseudo-RK step t→t' with midpoint m = :func:`pndm_midpoint` (t, t') and transfer φ = DDIM (η = 0):
     e₁ = ε(x, t); e₂ = ε(φ(x, e₁, t→m), m); e₃ = ε(φ(x, e₂, t→m), m); e₄ = ε(φ(x, e₃, t→t'), t');
     x' = φ(x, (e₁ + 2e₂ + 2e₃ + e₄)/6, t→t'). The history keeps e₁ of each step. ᾱ is read at the
-    evaluated t (PAPER.md §3 Decision; the PNDM code reads it one index later). NFE = n + 9.
+    evaluated t (docs/method.md §3 Decision; the PNDM code reads it one index later). NFE = n + 9.
     """
     _need_timesteps("pndm", schedule, num_steps, grid, 4)
     pairs = schedule.step_pairs(num_steps, grid)
     mids = [pndm_midpoint(t, tn) for t, tn in pairs[:3]]
-    tab = _ab_table(schedule, [t for pair in pairs for t in pair] + mids)
-    phi = [_ddim_from_ab(tab[float(t)], tab[float(tn)]) for t, tn in pairs]
-    phi_mid = [_ddim_from_ab(tab[float(t)], tab[float(m)]) for (t, _), m in zip(pairs, mids)]
+    tab = ab_table(schedule, [t for pair in pairs for t in pair] + mids)
+    phi = [ddim_from_ab(tab[float(t)], tab[float(tn)]) for t, tn in pairs]
+    phi_mid = [ddim_from_ab(tab[float(t)], tab[float(m)]) for (t, _), m in zip(pairs, mids)]
     x, ets = x_T, []
     for i, ((t, t_next), c) in enumerate(progress_iter(list(zip(pairs, phi)), progress, "pndm")):
         e1 = eps_model(x, time_tensor(t, x))
         ets = (ets + [e1])[-4:]
         if i < 3:
             m, cm = mids[i], phi_mid[i]
-            e2 = eps_model(_apply_ddim(x, e1, cm), time_tensor(m, x))
-            e3 = eps_model(_apply_ddim(x, e2, cm), time_tensor(m, x))
-            e4 = eps_model(_apply_ddim(x, e3, c), time_tensor(t_next, x))
+            e2 = eps_model(apply_ddim(x, e1, cm), time_tensor(m, x))
+            e3 = eps_model(apply_ddim(x, e2, cm), time_tensor(m, x))
+            e4 = eps_model(apply_ddim(x, e3, c), time_tensor(t_next, x))
             e_use = (e1 + 2 * e2 + 2 * e3 + e4) / 6
         else:
             e_use = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
-        x = _apply_ddim(x, e_use, c)
+        x = apply_ddim(x, e_use, c)
     return x
 
 
@@ -252,7 +155,7 @@ def pndm(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
 
 
-def _lagrange_integrals(schedule: Schedule, t: float, t_next: float, nodes: list) -> list[float]:
+def lagrange_integrals(schedule: Schedule, t: float, t_next: float, nodes: list) -> list[float]:
     """∫_{σ(t)}^{σ(t')} L_j(τ(σ)) dσ for the Lagrange basis L_j in t through ``nodes`` (float64).
 
     The integral is taken in σ, split at the integer knots where ᾱ's log-linear interpolation has
@@ -300,17 +203,17 @@ def deis_coefficients(schedule: Schedule, pairs, order: int = 3) -> list[tuple[f
     at the same time instead of adding a coincident Lagrange node.
     """
     _check_order(order)
-    tab = _grid_table(schedule, pairs)  # the same table DDIM builds: order 1 is DDIM bit for bit
+    tab = grid_table(schedule, pairs)  # the same table DDIM builds: order 1 is DDIM bit for bit
     hist, out = [], []
     for t, t_next in pairs:
         hist = hist[:-1] if hist and hist[-1] == t else hist
         hist = (hist + [t])[-order:]
-        a, b, _ = _ddim_from_ab(tab[float(t)], tab[float(t_next)])
+        a, b, _ = ddim_from_ab(tab[float(t)], tab[float(t_next)])
         if t == t_next or len(hist) == 1:
             cs = [b] if t != t_next else [0.0]
         else:
             nodes = hist[::-1]  # newest first
-            cs = [math.sqrt(tab[float(t_next)]) * v for v in _lagrange_integrals(schedule, t, t_next, nodes)]
+            cs = [math.sqrt(tab[float(t_next)]) * v for v in lagrange_integrals(schedule, t, t_next, nodes)]
         out.append((a, cs))
     return out
 
@@ -335,7 +238,7 @@ def deis(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=
         if t == t_next:
             continue  # repeated grid time: the step is the identity (the evaluation still counts)
         eps_newest_first = [e_j for _, e_j in hist[::-1]]
-        x = _lincomb(x, a, list(zip(cs, eps_newest_first)))
+        x = lincomb(x, a, list(zip(cs, eps_newest_first)))
     return x
 
 
@@ -403,7 +306,7 @@ def _deis_nfe(schedule, num_steps, grid, order=3):
 
 
 def _ddim_nfe(schedule, num_steps, grid, eta=0.0):
-    _check_eta(eta)
+    check_eta(eta)
     return _n(schedule, num_steps, grid)
 
 
@@ -414,21 +317,14 @@ register("pndm", pndm, lambda schedule, num_steps, grid: _need_timesteps("pndm",
 register("deis", deis, _deis_nfe)
 
 
-# Modules that register further samplers (related methods). They import this module, so they are
-# loaded on first need rather than at import time (no import cycle).
-EXTENSIONS = ("lib.timeshift", "lib.restart")
-
-
-def _load_extensions():
-    import importlib
-
-    for mod in EXTENSIONS:
-        importlib.import_module(mod)
+# The neighbouring methods' samplers (lib.related), registered here like the paper's own.
+register("ts-ddim", timeshift.ts_ddim, timeshift.nfe_ts_ddim)
+register("ts-pndm", timeshift.ts_pndm, timeshift.nfe_ts_pndm)
+register("heun", restart.heun, restart.nfe_heun)
+register("restart", restart.restart, restart.nfe_restart)
 
 
 def _spec(method: str) -> MethodSpec:
-    if method not in METHODS:
-        _load_extensions()
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; valid methods: {', '.join(METHODS)}")
     return METHODS[method]

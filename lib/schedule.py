@@ -97,8 +97,10 @@ class Schedule:
         t = torch.as_tensor(t, dtype=torch.float64)
         return self.alpha_bar(t, check) / self.alpha_bar(torch.clamp(t - skip, min=0.0), check)
 
-    def c_skip(self, t, skip: int, check: bool = True) -> torch.Tensor:
-        """c_t = √((1-α_skip)/α_skip), the factor on ε_θ in L_skip (PAPER.md §1)."""
+    def c_t(self, t, skip: int, check: bool = True) -> torch.Tensor:
+        """c_t = √((1-α_skip)/α_skip), the factor on ε_θ in L_skip (docs/method.md §1).
+
+        The paper's c_t; not EDM's c_skip, which is a different quantity (the skip weight of its denoiser)."""
         a = self.alpha_skip(t, skip, check)
         return torch.sqrt((1.0 - a) / a)
 
@@ -107,7 +109,7 @@ class Schedule:
 
         Equal to 1 where t < skip (those samples use plain L_0)."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        c2 = self.c_skip(t, skip) ** 2
+        c2 = self.c_t(t, skip) ** 2
         f = tau / (tau + (1.0 - tau) * c2)
         return torch.where(t < skip, torch.ones_like(f), f)
 

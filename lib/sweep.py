@@ -21,7 +21,8 @@ from scipy import stats
 from lib import data, generate, metrics
 from lib.config import Config, toy_config, with_overrides
 from lib.paths import Paths
-from lib.train import resolve_device, schedule_of, train
+from lib.factory import resolve_device, schedule_of
+from lib.train import train
 
 ARMS = ("baseline", "s2dm")
 

@@ -8,12 +8,13 @@ dict). Started again with the same arguments it resumes from the newest readable
 EMA, optimiser, step, data order, every RNG state), so a killed run ends with the same weights as
 an uninterrupted one (on CPU). Under ``torchrun`` it trains with DistributedDataParallel.
 
-The recipe is the DDIM code's (PAPER.md §1): Adam, gradient-norm clip, EMA, antithetic t, random
+The recipe is the DDIM code's (docs/method.md §1): Adam, gradient-norm clip, EMA, antithetic t, random
 horizontal flip, data in [-1, 1].
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -30,8 +31,9 @@ from tqdm.auto import tqdm
 
 from lib import checkpoint as ckpt
 from lib.config import Config, ConfigError, get_config, load_json, with_overrides
+from lib.factory import build_model, resolve_device, schedule_of
 from lib.losses import s2dm_loss
-from lib.schedule import linear_schedule
+from lib.related import cdm
 
 ARMS = ("baseline", "s2dm", "cdm")
 # Keys that may change between a run and its resumption (they do not alter the trajectory).
@@ -45,28 +47,6 @@ class NonFiniteLoss(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------- building blocks
-def build_model(model_cfg) -> torch.nn.Module:
-    """The ε-network of a config: the DDPM UNet or the 2-D toy MLP."""
-    if model_cfg.kind == "mlp":
-        from lib.mlp import build_mlp
-        return build_mlp(model_cfg)
-    from lib.unet import build_unet
-    return build_unet(model_cfg)
-
-
-def schedule_of(cfg: Config):
-    d = cfg.diffusion
-    return linear_schedule(d.T, d.beta_start, d.beta_end)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device='cuda' but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
-
-
 class BatchSource:
     """Mini-batches with a resumable order: epoch permutations of an image set, or fresh toy samples.
 
@@ -123,8 +103,7 @@ def make_loss(cfg: Config, arm: str, schedule):
         raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
     L = cfg.loss
     if arm == "cdm":
-        from lib import cdm  # the Consistent-Diffusion-Models arm (related methods)
-        return cdm.make_loss(cfg, schedule)
+        return cdm.make_loss(cfg, schedule)  # the Consistent-Diffusion-Models arm (lib.related)
     tau = 1.0 if arm == "baseline" else L.tau
 
     def loss_fn(model, x0, generator, parts):
@@ -132,6 +111,32 @@ def make_loss(cfg: Config, arm: str, schedule):
                          generator=generator, parts=parts)
 
     return loss_fn
+
+
+def train_step(model, opt, ema, loss_fn, x0, generator, *, net=None, grad_clip: float = 1.0, autocast=None,
+               check_finite: bool = False):
+    """One optimisation step of every arm: mean of the per-sample loss, backward, gradient-norm clip,
+    Adam, EMA update. Returns ``(loss, parts, grad_norm)``, all detached.
+
+    ``net`` is what the loss calls (``model`` itself, or its DDP/compiled wrapper); clipping and the
+    EMA act on ``model``'s parameters. With ``check_finite`` a non-finite loss raises
+    :class:`NonFiniteLoss` *before* the optimiser step, so the weights never take a NaN update (a
+    check syncs a GPU, so the caller decides how often)."""
+    parts = {}
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss = loss_fn(net if net is not None else model, x0, generator, parts).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0
+          else torch.zeros((), device=loss.device))
+    if check_finite and not torch.isfinite(loss.detach()):
+        err = NonFiniteLoss(f"the loss is {loss.item()}")
+        err.value = loss.item()
+        raise err
+    opt.step()
+    if ema is not None:
+        ema.update(model)
+    return loss.detach(), parts, gn.detach()
 
 
 class EMA:
@@ -158,6 +163,37 @@ class EMA:
     def load_state_dict(self, s):
         for k in self.shadow:
             self.shadow[k].copy_(s[k])
+
+
+def seconds_per_step(cfg: Config, arm: str, n_steps: int = 3, warmup: int = 1, device="cpu") -> float:
+    """Wall time of one :func:`train_step` of ``arm`` under ``cfg`` (loss, backward, clip, Adam, EMA).
+
+    A fresh model of ``cfg.model`` on one real batch of ``cfg.data``, under ``cfg.train.amp`` as
+    :func:`train` runs it; ``warmup`` untimed steps first. Only ratios between arms measured in the
+    same process are meaningful (notebook 06: the cost of the CDM arm)."""
+    from lib import data
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    ema = EMA(model, cfg.train.ema_decay)
+    if cfg.data.dataset in data.TOY_DATASETS:
+        x0 = data.toy_distribution(cfg.data.dataset).sample(cfg.train.batch_size, generator=torch.Generator().manual_seed(0))
+    else:
+        x0 = data.to_model_range(data.load_images(cfg.data)[0][:cfg.train.batch_size])
+    x0 = x0.float().to(device)
+    loss_fn = make_loss(cfg, arm, schedule_of(cfg))
+    g = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+    elapsed = 0.0
+    for i in range(warmup + n_steps):
+        t0 = time.perf_counter()
+        train_step(model, opt, ema, loss_fn, x0, g, grad_clip=cfg.train.grad_clip, autocast=autocast)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            elapsed += time.perf_counter() - t0
+    return elapsed / n_steps
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -290,21 +326,15 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         lr = T.lr * min(1.0, (step + 1) / T.warmup) if T.warmup > 0 else T.lr
         for grp in opt.param_groups:
             grp["lr"] = lr
-        parts = {}
-        with autocast:
-            loss = loss_fn(net, x0, g_noise, parts).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = (torch.nn.utils.clip_grad_norm_(model.parameters(), T.grad_clip) if T.grad_clip > 0
-              else torch.zeros((), device=device))
-        if (step + 1) % check_every == 0 and not torch.isfinite(loss.detach()):
-            _nonfinite(loss, step, arm, last_good)
-        opt.step()
-        ema.update(model)
-        acc["loss"] += loss.detach()
-        acc["l0"] += parts.get("l0", loss.detach()).mean()
+        try:
+            loss, parts, gn = train_step(model, opt, ema, loss_fn, x0, g_noise, net=net, grad_clip=T.grad_clip,
+                                         autocast=autocast, check_finite=(step + 1) % check_every == 0)
+        except NonFiniteLoss as e:
+            _nonfinite(e.value, step, arm, last_good)
+        acc["loss"] += loss
+        acc["l0"] += parts.get("l0", loss).mean()
         acc["lskip"] += parts.get("lskip", torch.zeros((), device=device)).mean()
-        acc["grad_norm"] += gn.detach().float()
+        acc["grad_norm"] += gn.float()
         n_acc += 1
         done = step + 1
         if done % T.log_every == 0 or done == T.steps:
@@ -324,7 +354,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
                 v.zero_()
             n_acc, t0 = 0, time.perf_counter()
         if done % T.ckpt_every == 0 or done == T.steps:
-            if not torch.isfinite(loss.detach()):
+            if not torch.isfinite(loss):
                 _nonfinite(loss, step, arm, last_good)
             rng = {"noise": g_noise.get_state(), "cpu": torch.get_rng_state()}
             if device.type == "cuda":

@@ -1,4 +1,4 @@
-"""The DDPM UNet ε-network, architecture as in the DDIM reference code (PAPER.md §1).
+"""The DDPM UNet ε-network, architecture as in the DDIM reference code (docs/method.md §1).
 
 ε_θ(x_t, t): sinusoidal embedding of t -> temb MLP (ch -> 4ch -> 4ch, swish); conv_in; an encoder of
 ``num_res_blocks`` ResnetBlocks per level (self-attention at ``attn_resolutions``) with a downsample

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from lib import cdm, losses
+from lib import losses
+from lib.related import cdm
 from lib.analytic import gaussian_eps
 from lib.config import get_config, toy_config, with_overrides
 from lib.mlp import ToyMLP
 from lib.schedule import linear_schedule
-from lib.train import read_log, train
+from lib.train import read_log, seconds_per_step, train
 from lib.unet import build_unet
 
 SCH = linear_schedule()
@@ -146,5 +147,5 @@ def test_cdm_arm_trains_through_lib_train_and_as_a_finetune(tmp_path):
 
 def test_seconds_per_step_measures_both_arms():
     cfg = with_overrides(toy_config(get_config("ci")), {"loss.cdm_steps": 2})
-    b, c = cdm.seconds_per_step(cfg, "baseline", n_steps=2), cdm.seconds_per_step(cfg, "cdm", n_steps=2)
+    b, c = seconds_per_step(cfg, "baseline", n_steps=2), seconds_per_step(cfg, "cdm", n_steps=2)
     assert 0 < b and 0 < c

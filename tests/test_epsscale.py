@@ -1,9 +1,10 @@
 """Epsilon scaling (lib/epsscale.py): λ ≡ 1 is the identity bit for bit, the λ_t schedules have the stated
-form, and the implied factor is the inverse of S²-DM's shrinkage optimum (PAPER.md §1)."""
+form, and the implied factor is the inverse of S²-DM's shrinkage optimum (docs/method.md §1)."""
 import pytest
 import torch
 
-from lib import epsscale, restart, samplers  # noqa: F401  (restart registers heun)
+from lib import samplers
+from lib.related import epsscale
 from lib.analytic import gaussian_eps
 from lib.schedule import linear_schedule
 
@@ -47,7 +48,7 @@ def test_implied_factor_inverts_the_s2dm_shrinkage():
     # (τ + (1−τ)c²)/τ with c² = (1−α_skip)/α_skip, by hand at t = 500
     a = float(SCH.alpha_bar(500) / SCH.alpha_bar(491))
     assert float(f[500]) == pytest.approx((0.99 + 0.01 * (1 - a) / a) / 0.99, rel=1e-12)
-    # size of the effect (PAPER.md §1): at most 0.2 % for skip 9, 1.6 % for skip 49
+    # size of the effect (docs/method.md §1): at most 0.2 % for skip 9, 1.6 % for skip 49
     assert 1.001 < float(f.max()) < 1.003
     assert 1.01 < float(epsscale.implied_s2dm(SCH, 49)(t).max()) < 1.02
     # the scaled exact ε is the minimiser of τ L_0 + (1−τ) L_skip: shrinkage × E[ε | x]

@@ -1,4 +1,4 @@
-"""The S²-DM loss against its definition (PAPER.md §1), in float64."""
+"""The S²-DM loss against its definition (docs/method.md §1), in float64."""
 import pytest
 import torch
 
@@ -67,7 +67,7 @@ def test_small_t_uses_plain_l0_and_same_noise_ablation():
 def test_optimum_is_the_shrinkage_of_paper_md(skip, t):
     """For data N(0, s²) the model k·E[ε|x_t] minimises E[L] at k = τ/(τ+(1−τ)c_t²) (independent ε′),
     and at k = (τ+(1−τ)c_t)/(τ+(1−τ)c_t²) with the same-ε reading: an inflation where c_t < 1 (most t
-    for skip = 9), a shrinkage where c_t > 1 (large t with large skip; PAPER.md says "inflate" only)."""
+    for skip = 9), a shrinkage where c_t > 1 (large t with large skip; an earlier note said "inflate" only)."""
     s2, tau, n = 0.25, 0.9, 200_000
     ab = float(S.alphas_bar[int(t)])
     mu = lambda x, tt: (1 - ab) ** 0.5 * x / (ab * s2 + 1 - ab)  # E[ε | x_t], exact
@@ -75,7 +75,7 @@ def test_optimum_is_the_shrinkage_of_paper_md(skip, t):
     x0 = torch.randn(n, 1, generator=g, dtype=torch.float64) * s2 ** 0.5
     e, e2 = torch.randn(n, 1, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64)
     tt = torch.full((n,), t, dtype=torch.float64)
-    c2 = float(S.c_skip(torch.tensor(t), skip)) ** 2
+    c2 = float(S.c_t(torch.tensor(t), skip)) ** 2
 
     def k_star(same):
         # E[L](k) is quadratic in k: fit it through k = 0, 1, 2 on the same draws and take its vertex.

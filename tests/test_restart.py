@@ -3,7 +3,8 @@ exact forward jump, NFE = 2N − 1 + K·2(N_R − 1) against counted calls, K = 
 import pytest
 import torch
 
-from lib import restart, samplers
+from lib import samplers
+from lib.related import restart
 from lib.analytic import gaussian_eps, gaussian_ode_solution, gmm_eps
 from lib.schedule import linear_schedule
 
@@ -93,7 +94,7 @@ def test_restart_interval_lands_on_the_grid_point_nearest_sigma_min():
     inner = info["restart_times"]
     assert len(inner) == 3 and inner[-1] == info["timesteps"][j]
     assert abs(float(SCH.sigma(inner[0])) - 0.30) < 1e-9
-    assert 85 < inner[0] < 90  # σ = 0.30 is t ≈ 88 on the linear schedule (PAPER.md §4)
+    assert 85 < inner[0] < 90  # σ = 0.30 is t ≈ 88 on the linear schedule (docs/method.md §4)
     assert abs(float(SCH.sigma(inner[-1])) - 0.06) < 0.03  # σ_lo = 0.082: the grid point nearest 0.06 (t ≈ 21, N = 18)
 
 

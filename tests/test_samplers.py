@@ -138,7 +138,7 @@ def _sigma_integral(f, t, t_next):
 def test_deis_weights_integrate_polynomials_exactly(t, t_next, nodes):
     """Σ_j C_j p(t_j) = √ᾱ_{t'} ∫ p(τ) dσ for every polynomial p of degree < number of nodes."""
     ab_n = float(SCH.alpha_bar(float(t_next)))
-    C = [math.sqrt(ab_n) * v for v in samplers._lagrange_integrals(SCH, t, t_next, nodes)]
+    C = [math.sqrt(ab_n) * v for v in samplers.lagrange_integrals(SCH, t, t_next, nodes)]
     for deg in range(len(nodes)):
         p = lambda tau: (tau / 100.0) ** deg
         want = math.sqrt(ab_n) * _sigma_integral(p, t, t_next)

@@ -1,4 +1,4 @@
-"""Float64 identities of the noise schedule (DESIGN.md: math identities in float64)."""
+"""Float64 identities of the noise schedule (docs/method.md: math identities in float64)."""
 import numpy as np
 import pytest
 import torch

@@ -3,11 +3,11 @@ model is never left modified, and the wrapper composes with every sampler."""
 import pytest
 import torch
 
-from lib import restart, samplers, timeshift  # noqa: F401  (registers ts-*, heun, restart)
+from lib import samplers
 from lib.config import get_config
 from lib.mlp import ToyMLP
 from lib.schedule import linear_schedule
-from lib.skiptuning import SkipTuned, rho_profile
+from lib.related.skiptuning import SkipTuned, rho_profile
 from lib.unet import build_unet
 
 SCH = linear_schedule()

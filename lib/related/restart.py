@@ -19,7 +19,7 @@ are the paper's CIFAR-10 VP setting (N_R = 3, K = 2, [σ_min, σ_max] = [0.06, 0
 The restart backward pass is the pure ODE (the released code optionally adds a small churn; not used).
 
 The ``grid`` argument of :func:`lib.samplers.sample` does not apply (always the EDM grid);
-``num_steps`` is N. Importing this module registers ``heun`` and ``restart``.
+``num_steps`` is N. lib.samplers registers ``heun`` and ``restart``.
 """
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ import math
 
 import torch
 
-from lib import samplers
-# Shared with lib.samplers: the DDIM transfer φ with float64 coefficients.
-from lib.samplers import _apply_ddim, _ddim_from_ab, progress_iter, time_tensor
+# Shared with the other solvers: the DDIM transfer φ with float64 coefficients (lib.transfer).
+from lib.transfer import apply_ddim, ddim_from_ab, progress_iter, time_tensor
 from lib.schedule import Schedule
 
-__all__ = ["edm_sigmas", "heun_times", "heun_pass", "jump_coefficients", "restart_jump", "heun", "restart"]
+__all__ = ["nfe_heun", "nfe_restart", "edm_sigmas", "heun_times", "heun_pass", "jump_coefficients", "restart_jump", "heun", "restart"]
 
 
 def edm_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> torch.Tensor:
@@ -73,13 +72,13 @@ def heun_pass(eps_model, x: torch.Tensor, schedule: Schedule, times, *, progress
     # and scalar exp can differ in the last bit), so a split pass (Restart, K = 0) equals one whole pass.
     ab = {t: float(schedule.alpha_bar(torch.tensor(t, dtype=torch.float64))) for t in ts}
     for t, tn in progress_iter(list(zip(ts, ts[1:])), progress, "heun"):
-        c = _ddim_from_ab(ab[t], ab[tn])
+        c = ddim_from_ab(ab[t], ab[tn])
         e1 = eps_model(x, time_tensor(t, x))
         if tn < 0:  # to σ = 0: Euler
-            x = _apply_ddim(x, e1, c)
+            x = apply_ddim(x, e1, c)
             continue
-        e2 = eps_model(_apply_ddim(x, e1, c), time_tensor(tn, x))
-        x = _apply_ddim(x, (e1 + e2) / 2, c)
+        e2 = eps_model(apply_ddim(x, e1, c), time_tensor(tn, x))
+        x = apply_ddim(x, (e1 + e2) / 2, c)
     return x
 
 
@@ -147,11 +146,14 @@ def restart(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progre
     return heun_pass(eps_model, x, schedule, times[j:], progress=progress)
 
 
-def _restart_nfe(schedule, num_steps, grid, rho=7.0, n_r=3, k=2, sigma_min=0.06, sigma_max=0.30):
+def nfe_heun(schedule, num_steps, grid, rho=7.0) -> int:
+    """Heun's NFE: 2N − 1 (the last step to σ = 0 is a plain Euler step)."""
+    return 2 * len(heun_times(schedule, num_steps, rho)) - 1
+
+
+def nfe_restart(schedule, num_steps, grid, rho=7.0, n_r=3, k=2, sigma_min=0.06, sigma_max=0.30):
+    """Restart's NFE: 2N − 1 + K·2(N_R − 1)."""
     _check_restart(schedule, n_r, k, sigma_min, sigma_max)
     heun_times(schedule, num_steps, rho)
     return 2 * num_steps - 1 + k * 2 * (n_r - 1)
 
-
-samplers.register("heun", heun, lambda schedule, num_steps, grid, rho=7.0: 2 * len(heun_times(schedule, num_steps, rho)) - 1)
-samplers.register("restart", restart, _restart_nfe)

@@ -9,7 +9,7 @@ plain UNet (bit for bit: multiplying by 1.0 is exact).
 every sampler. It sets ``unet.skip_rho`` for the duration of each call only and restores the previous
 value afterwards (also on error): the base model is never left modified.
 
-Caveat (PAPER.md §4): the DDPM UNet applies GroupNorm to the concatenation, which undoes ρ where skip
+Caveat (docs/method.md §4): the DDPM UNet applies GroupNorm to the concatenation, which undoes ρ where skip
 and decoder channels fall in separate groups; the effect passes mostly through the 1×1 shortcut.
 """
 from __future__ import annotations

@@ -20,9 +20,9 @@ noise level (never binding at the paper's settings). Two readings exist, both of
 Window w and cutoff t_c default to the paper's settings per step count (:func:`default_window`,
 :func:`default_cutoff`). The NFE is that of the base sampler (the variance costs no evaluation).
 With t_c ≥ T−1 or w = 0 nothing is shifted and the samplers equal ``ddim``/``pndm`` bit for bit
-(they share lib.samplers' coefficient tables and transfer).
+(they share lib.transfer's coefficient tables and transfer).
 
-Importing this module registers ``ts-ddim`` and ``ts-pndm`` with :func:`lib.samplers.register`.
+lib.samplers registers ``ts-ddim`` and ``ts-pndm``.
 """
 from __future__ import annotations
 
@@ -30,13 +30,12 @@ import math
 
 import torch
 
-from lib import samplers
-# The DDIM transfer and its coefficient tables are shared with lib.samplers on purpose: the trivial
-# setting must reproduce ddim/pndm bit for bit, which needs the very same float64 ᾱ values and ops.
-from lib.samplers import _ab_table, _apply_ddim, _ddim_from_ab, pndm_midpoint, progress_iter
+# The DDIM transfer and its coefficient tables are lib.transfer's on purpose: the trivial setting
+# must reproduce ddim/pndm bit for bit, which needs the very same float64 ᾱ values and ops.
+from lib.transfer import ab_table, apply_ddim, ddim_from_ab, pndm_midpoint, progress_iter
 from lib.schedule import Schedule
 
-__all__ = ["ts_ddim", "ts_pndm", "default_window", "default_cutoff", "shifted_times", "QUERIES"]
+__all__ = ["ts_ddim", "ts_pndm", "nfe_ts_ddim", "nfe_ts_pndm", "default_window", "default_cutoff", "shifted_times", "QUERIES"]
 
 QUERIES = ("shifted", "nominal")
 # Paper (Li et al. 2024, CIFAR-10 settings), on the T = 1000 scale: window per step count; cutoff.
@@ -76,7 +75,7 @@ class _AlphaBar:
     bit-identical), and one vectorised table of every integer time for shifted ones."""
 
     def __init__(self, schedule: Schedule, nominal_times):
-        self.nominal = _ab_table(schedule, nominal_times)
+        self.nominal = ab_table(schedule, nominal_times)
         every = torch.arange(-1, schedule.T, dtype=torch.float64)
         self.every = dict(zip(every.tolist(), schedule.alpha_bar(every).tolist()))
 
@@ -88,17 +87,17 @@ class _AlphaBar:
 def _transfer(x, e, t_from: torch.Tensor, t_to: torch.Tensor, ab: _AlphaBar):
     """The DDIM transfer φ (η = 0) with per-sample times ``t_from``, ``t_to`` (int64 [N], CPU).
 
-    Samples sharing a (t_from, t_to) pair go through lib.samplers' transfer with scalar coefficients
+    Samples sharing a (t_from, t_to) pair go through lib.transfer's transfer with scalar coefficients
     (at most w + 1 groups), so the unshifted case runs exactly the base sampler's arithmetic."""
     pairs, inverse = torch.unique(torch.stack([t_from, t_to], 1), dim=0, return_inverse=True)
     if len(pairs) == 1:
         tf, tt = pairs[0].tolist()
-        return _apply_ddim(x, e, _ddim_from_ab(ab[tf], ab[tt]))
+        return apply_ddim(x, e, ddim_from_ab(ab[tf], ab[tt]))
     out = torch.empty_like(x)
     inverse = inverse.to(x.device)
     for k, (tf, tt) in enumerate(pairs.tolist()):
         m = inverse == k
-        out[m] = _apply_ddim(x[m], e[m], _ddim_from_ab(ab[tf], ab[tt]))
+        out[m] = apply_ddim(x[m], e[m], ddim_from_ab(ab[tf], ab[tt]))
     return out
 
 
@@ -222,5 +221,5 @@ def _nfe(base_extra: int, min_times: int, method: str):
     return nfe
 
 
-samplers.register("ts-ddim", ts_ddim, _nfe(0, 1, "ts-ddim"))
-samplers.register("ts-pndm", ts_pndm, _nfe(9, 4, "ts-pndm"))
+nfe_ts_ddim = _nfe(0, 1, "ts-ddim")  # the base sampler's NFE: the variance costs no evaluation
+nfe_ts_pndm = _nfe(9, 4, "ts-pndm")

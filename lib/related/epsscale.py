@@ -13,7 +13,7 @@ Schedules of λ_t (each a callable ``t -> λ_t``, float64, t on the 0..T−1 sca
   the slope k written as the total change of λ from t = 0 to t = T−1 so that it reads on the scale of
   b; k > 0 scales the noisy end more, k < 0 the clean end.
 * :class:`ImpliedS2DM` ``skip, tau``: λ_t = 1/shrinkage_t = (τ + (1−τ)c_t²)/τ, c_t² = (1−α_skip)/α_skip
-  (PAPER.md §1): the optimum of S²-DM's loss is τ/(τ + (1−τ)c_t²)·E[ε | x_t], so a perfectly trained
+  (docs/method.md §1): the optimum of S²-DM's loss is τ/(τ + (1−τ)c_t²)·E[ε | x_t], so a perfectly trained
   S²-DM equals a perfectly trained baseline divided by this λ_t. Applied to a baseline it mimics
   S²-DM's optimum without training (λ_t = 1 for t < skip, where S²-DM uses plain L_0).
 

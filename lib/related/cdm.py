@@ -38,8 +38,7 @@ import torch
 from lib.losses import sample_t
 from lib.schedule import Schedule
 
-__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_loss", "x0_prediction", "start_from",
-           "seconds_per_step"]
+__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_loss", "x0_prediction", "start_from"]
 
 SIGMA_DATA = 0.5  # EDM's σ_data, the scale of the weighting c(σ)
 WEIGHTINGS = ("edm", "none")
@@ -169,40 +168,3 @@ def start_from(src_run, dst_run) -> int:
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src[-1], ckpt.ckpt_path(dst, step))
     return step
-
-
-def seconds_per_step(cfg, arm: str, n_steps: int = 3, warmup: int = 1, device="cpu") -> float:
-    """Wall time of one training step (forward, backward, Adam) of ``arm``'s loss under ``cfg``.
-
-    A fresh model of ``cfg.model`` on one real batch of ``cfg.data``, under ``cfg.train.amp`` as lib.train
-    runs it; ``warmup`` untimed steps first. Only ratios between arms measured in the same process are
-    meaningful."""
-    import time
-
-    from lib import data
-    from lib.train import build_model, make_loss, schedule_of
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    if cfg.data.dataset in data.TOY_DATASETS:
-        x0 = data.toy_distribution(cfg.data.dataset).sample(cfg.train.batch_size, generator=torch.Generator().manual_seed(0))
-    else:
-        x0 = data.to_model_range(data.load_images(cfg.data)[0][:cfg.train.batch_size])
-    x0 = x0.float().to(device)
-    loss_fn = make_loss(cfg, arm, schedule_of(cfg))
-    g = torch.Generator(device=device).manual_seed(0)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
-    elapsed = 0.0
-    for i in range(warmup + n_steps):
-        t0 = time.perf_counter()
-        with autocast:
-            loss = loss_fn(model, x0, g, {}).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            elapsed += time.perf_counter() - t0
-    return elapsed / n_steps
