@@ -15,7 +15,7 @@ machine hit all of them alike):
     dropout; both parameter counts are printed);
 (b) the cost of L_skip: the step with s2dm_loss at τ = 0.99 against τ = 1 (both draw ε′, so the
     difference is the L_skip arithmetic alone), and plain ddpm_loss (no ε′ draw) for reference;
-(c) the cost of a CDM step against the baseline step, if lib/cdm.py provides ``make_loss``;
+(c) the cost of a CDM step against the baseline step, if lib/related/cdm.py provides ``make_loss``;
 (d) sampling images/s: DDIM, eval mode, no grad, float32 as lib.generate runs it;
 (e) the time of a 50k-sample Inception FID (lib/fid.py), fitted as t(N) = a + b·N on two sample
     counts and extrapolated to N = 50,000, if the Inception weights and CIFAR-10 statistics are on
@@ -367,7 +367,7 @@ def main(argv=None):
         variants.append(variant("ours_cdm", lambda: build_model(m), make_loss(cfg, "cdm", schedule)))
         cdm_note = None
     except (ImportError, AttributeError) as e:
-        cdm_note = f"not measured: lib/cdm.py with make_loss(cfg, schedule) is not available ({type(e).__name__}: {e})"
+        cdm_note = f"not measured: lib/related/cdm.py with make_loss(cfg, schedule) is not available ({type(e).__name__}: {e})"
         print(f"(c) CDM {cdm_note}")
     print(f"device {device} ({machine.get('gpu', machine['cpu'])}), torch {torch.__version__}; profile {profile!r} UNet: "
           f"ours {n_ours:,} parameters" + (f", UNet2DModel {n_diff:,}" if n_diff else "") +

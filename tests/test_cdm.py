@@ -1,4 +1,4 @@
-"""Consistent Diffusion Models loss (lib/cdm.py): λ = 0 is the DDPM loss exactly, gradients never flow
+"""Consistent Diffusion Models loss (lib/related/cdm.py): λ = 0 is the DDPM loss exactly, gradients never flow
 through the chains, the consistency term vanishes for a consistent (exact) model and not for an
 inconsistent one, and the arm trains through lib.train (also as a fine-tune via start_from)."""
 import json

@@ -1,4 +1,4 @@
-"""Epsilon scaling (lib/epsscale.py): λ ≡ 1 is the identity bit for bit, the λ_t schedules have the stated
+"""Epsilon scaling (lib/related/epsscale.py): λ ≡ 1 is the identity bit for bit, the λ_t schedules have the stated
 form, and the implied factor is the inverse of S²-DM's shrinkage optimum (docs/method.md §1)."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Heun and Restart (lib/restart.py): EDM grid, second-order convergence on the exact Gaussian ODE, the
+"""Heun and Restart (lib/related/restart.py): EDM grid, second-order convergence on the exact Gaussian ODE, the
 exact forward jump, NFE = 2N − 1 + K·2(N_R − 1) against counted calls, K = 0 equals Heun bit for bit."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Skip-Tuning (lib/skiptuning.py): ρ linear in depth, ρ ≡ 1 is the plain UNet bit for bit, the base
+"""Skip-Tuning (lib/related/skiptuning.py): ρ linear in depth, ρ ≡ 1 is the plain UNet bit for bit, the base
 model is never left modified, and the wrapper composes with every sampler."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Time-Shift sampler (lib/timeshift.py): the trivial setting is DDIM/F-PNDM bit for bit, the NFE is the
+"""Time-Shift sampler (lib/related/timeshift.py): the trivial setting is DDIM/F-PNDM bit for bit, the NFE is the
 base sampler's, the shift rule picks the variance-matching time in its window, and the two readings
 query the network where they say they do."""
 import pytest

@@ -1,0 +1,124 @@
+"""The shape of lib/: imports run one way, the neighbouring methods sit apart, references resolve.
+
+The import graph is read from the source (every `import`/`from ... import`, at module level or
+inside functions), so a cycle hidden in a function body counts as a cycle."""
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "lib"
+# The method's own foundations: they must never depend on a neighbouring method (lib.related).
+FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.metrics", "lib.checkpoint",
+               "lib.transfer", "lib.analytic", "lib.config", "lib.factory", "lib.paths", "lib.report")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(LIB.rglob("*.py"))}
+
+
+def _imports(path: Path):
+    """(imported lib module, imported names) for every import statement in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name == "lib" or a.name.startswith("lib.")]
+        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "lib" or node.module.startswith("lib.")):
+            names = [a.name for a in node.names]
+            if node.module in MODULES and all(f"{node.module}.{n}" not in MODULES for n in names):
+                out.append((node.module, names))  # from lib.x import names
+            else:  # from lib import x, y (submodules)
+                out += [(f"{node.module}.{n}", []) for n in names if f"{node.module}.{n}" in MODULES]
+    return out
+
+
+def _graph():
+    return {m: sorted({dep for dep, _ in _imports(p) if dep in MODULES and dep != m and dep != "lib"})
+            for m, p in MODULES.items()}
+
+
+def _reachable(graph, start):
+    seen, stack = set(), list(graph[start])
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen.add(m)
+            stack += graph[m]
+    return seen
+
+
+def test_no_import_cycle_inside_lib():
+    graph = _graph()
+    cycles = [m for m in graph if m in _reachable(graph, m)]
+    assert not cycles, f"modules on an import cycle: {cycles}; graph: {json.dumps(graph, indent=1)}"
+
+
+def test_no_importlib_tricks_in_lib():
+    offenders = [m for m, p in MODULES.items() if re.search(r"\bimportlib\b|__import__\(", p.read_text())]
+    assert not offenders, f"dynamic imports hide dependencies from the import graph: {offenders}"
+
+
+def test_foundations_never_reach_the_neighbouring_methods():
+    graph = _graph()
+    for m in FOUNDATIONS:
+        if m in graph:
+            bad = sorted(d for d in _reachable(graph, m) | set(graph[m]) if d.startswith("lib.related"))
+            assert not bad, f"{m} depends on the neighbouring methods {bad}; they must sit apart (lib/related/)"
+
+
+def test_no_private_names_imported_across_modules():
+    bad = [(m, dep, n) for m, p in MODULES.items() for dep, names in _imports(p) for n in names
+           if n.startswith("_") and dep != m]
+    assert not bad, f"private names imported across modules (make them public or move them): {bad}"
+
+
+def test_the_registry_lists_every_sampler_right_after_import():
+    code = "import lib.samplers as s; print(','.join(sorted(s.METHODS)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    listed = set(r.stdout.strip().split(","))
+    assert {"ddim", "ddpm", "spndm", "pndm", "deis", "ts-ddim", "ts-pndm", "heun", "restart"} <= listed, listed
+
+
+# ---------------------------------------------------------------------------- references resolve
+REF = re.compile(r"(?<![\w./-])((?:docs|lib|tests|bench|scripts|notebooks|binder)/[\w./-]*\w\.(?:md|py|ipynb|txt|json|csv))")
+
+
+def _texts():
+    for p in list(LIB.rglob("*.py")) + list((ROOT / "tests").glob("*.py")) + list((ROOT / "bench").glob("*.py")) \
+            + list((ROOT / "scripts").glob("*.py")) + list((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]:
+        yield p, p.read_text()
+    for p in (ROOT / "notebooks").glob("*.ipynb"):
+        nb = json.loads(p.read_text())
+        yield p, "\n".join("".join(c["source"]) for c in nb["cells"])
+
+
+def test_every_file_reference_resolves():
+    missing = sorted({(str(p.relative_to(ROOT)), ref) for p, text in _texts() for ref in REF.findall(text)
+                      if not (ROOT / ref).exists() and "*" not in ref and "<" not in ref})
+    assert not missing, f"references to files that are not in the repository: {missing}"
+
+
+@pytest.mark.parametrize("name", ["PAPER.md", "DESIGN.md", "../shared"])
+def test_no_reference_to_files_outside_the_repository(name):
+    hits = sorted(str(p.relative_to(ROOT)) for p, text in _texts() if name in text and p.name != "test_structure.py")
+    assert not hits, f"{name} is not part of the repository (use docs/method.md): {hits}"
+
+
+def test_method_notes_have_the_cited_sections():
+    text = (ROOT / "docs" / "method.md").read_text()
+    cited = {m for _, t in _texts() for m in re.findall(r"docs/method\.md §(\d+(?:\.\d+)?)", t)}
+    for sec in cited:
+        assert re.search(rf"^#+ §{re.escape(sec)}\b", text, re.M), f"docs/method.md has no section §{sec}"
