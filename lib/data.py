@@ -352,7 +352,7 @@ def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = Fa
 
 def _decode_celeba(img_dir: Path, names: list[str], size: int) -> torch.Tensor:
     from PIL import Image
-    from tqdm.auto import tqdm
+    from lib.progress import tqdm
 
     out = np.empty((len(names), 3, size, size), dtype=np.uint8)
 
