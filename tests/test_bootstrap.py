@@ -148,8 +148,8 @@ def test_install_missing_installs_only_absent_pins_and_never_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     cmd = next(ln for ln in r.stdout.splitlines() if "dry run:" in ln)
     assert cmd.split()[-1] == "s2dm-surely-absent-pkg==1.2.3" and "numpy" not in cmd and "torch" not in cmd, cmd
-    import torch
-    assert f"holding torch=={torch.__version__}" in r.stdout, r.stdout
+    from importlib import metadata
+    assert f"holding torch=={metadata.version('torch')}" in r.stdout, r.stdout
 
 
 def pins(path: Path) -> dict:
@@ -158,9 +158,9 @@ def pins(path: Path) -> dict:
 
 def test_binder_is_cpu_only_with_the_same_pins():
     b = ROOT / "binder"
-    text = (b / "requirements.txt").read_text()
+    text = "\n".join(ln for ln in (b / "requirements.txt").read_text().splitlines() if not ln.startswith("#"))
     assert not re.search(r"\+cu\d|cuda|nvidia|/whl/cu", text, re.I), "binder/ names a CUDA wheel"
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in text.splitlines()
     want, got = pins(ROOT / "requirements.txt"), pins(b / "requirements.txt")
     for name, version in want.items():
         expect = f"{version}+cpu" if name in ("torch", "torchvision") else version
