@@ -27,7 +27,7 @@ CELL = (ROOT / "scripts" / "bootstrap_cell.py").read_text().rstrip("\n")
 
 def clean_env(**extra) -> dict:
     """The environment of a user who never installed the project: no PYTHONPATH, no user site."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "S2DM_", "JUPYTER"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "S2DM_", "JUPYTER", "MAKE", "MFLAGS"))}
     env.update(PYTHONNOUSERSITE="1", OMP_NUM_THREADS="1", **extra)
     return env
 
