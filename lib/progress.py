@@ -6,7 +6,6 @@ get the text bar, and so do terminals and kernels without ``ipywidgets`` (where 
 warn and fall back anyway). The choice is made once, when this module is first imported."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -15,9 +14,15 @@ def widgets_wanted() -> bool:
     """True in a Jupyter kernel with ipywidgets installed, unless ``S2DM_PLAIN_BARS`` is set (not 0)."""
     if os.environ.get("S2DM_PLAIN_BARS", "") not in ("", "0"):
         return False
-    ipython = sys.modules.get("IPython")
+    ipython = sys.modules.get("IPython")  # never imported here: a plain script has no kernel to ask
     shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and "IPKernelApp" in shell.config and importlib.util.find_spec("ipywidgets") is not None
+    if shell is None or "IPKernelApp" not in shell.config:
+        return False
+    try:
+        import ipywidgets  # noqa: F401  (what tqdm.notebook draws with)
+    except ImportError:
+        return False
+    return True
 
 
 if widgets_wanted():
