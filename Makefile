@@ -1,8 +1,9 @@
 # The reproducible companion to S²-DMs.
 #   make reproduce   run every numbered notebook headlessly (profile gpu with CUDA, else cpu; PROFILE= overrides)
 #   make test        unit tests + every notebook at profile ci (what .ci/run calls)
-#   make lab         JupyterLab on notebooks/ with this project's environment as the kernel
+#   make lab         JupyterLab at the repository root with this project's environment as the kernel
 #   make bench       speed benchmarks; results under bench/results/
+#   make hooks       once per clone: git stores notebooks without outputs (.gitattributes' filter)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,13 +11,28 @@ PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 LIB := $(wildcard lib/*.py lib/*/*.py)
 
-.PHONY: reproduce test lab bench venv clean-figures help
+.PHONY: reproduce test lab bench venv check-python hooks clean-figures help
 help:
-	@sed -n '2,6p' Makefile
+	@sed -n '2,7p' Makefile
 
 # ---------------------------------------------------------------- environment
+# The pins (numpy 2.4.6, scipy 1.17.1, pandas 3.1.1) have no wheels below Python 3.11: say so before
+# pip fails with a resolution error. Checked only when .venv is about to be built.
+define check_python
+v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+  echo "make: no working Python at PYTHON=$(PYTHON); install Python 3.11 or newer and run e.g. PYTHON=python3.12 make test" >&2; exit 1; }; \
+maj=$${v%%.*}; min=$${v#*.}; \
+if [ "$$maj" -lt 3 ] || { [ "$$maj" -eq 3 ] && [ "$$min" -lt 11 ]; }; then \
+  echo "make: PYTHON=$(PYTHON) is Python $$v, but the pinned requirements need Python 3.11 or newer." >&2; \
+  echo "      Install one (python.org, pyenv, conda, or apt install python3.12 python3.12-venv on Ubuntu) and run e.g. PYTHON=python3.12 make test" >&2; \
+  exit 1; fi
+endef
+check-python:
+	@$(check_python); echo "make: PYTHON=$(PYTHON) is Python $$v (3.11 or newer: fine)"
+
 $(VENV)/.stamp-run: requirements.txt pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { $(check_python); $(PYTHON) -m venv $(VENV) || { \
+	  echo "make: '$(PYTHON) -m venv' failed (Debian/Ubuntu: apt install python$$v-venv)" >&2; exit 1; }; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -60,8 +76,15 @@ clean-figures:
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q tests
 
+# At the repository root, so figures/ is browsable beside notebooks/; new notebooks get the registered kernel.
 lab: $(VENV)/.stamp-lab
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --MappingKernelManager.default_kernel_name=s2dm
+
+# The clean filter that .gitattributes names for *.ipynb (scripts/strip_outputs.py needs no packages).
+hooks:
+	git config filter.strip-outputs.clean "python3 scripts/strip_outputs.py --stdin"
+	git config filter.strip-outputs.smudge cat
+	@echo "git now stores notebooks without outputs (.gitattributes: *.ipynb filter=strip-outputs)"
 
 bench: $(VENV)/.stamp-dev
 	$(PY) bench/sampler_overhead.py

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib import paths
 from lib.checkpoint import atomic_save
 
 TOY_DATASETS = ("ring8", "grid25")
@@ -173,6 +174,8 @@ def load_images(data_cfg, *, train: bool = True) -> tuple[torch.Tensor, torch.Te
     dataset has one (CIFAR-10, CelebA)."""
     name = data_cfg.dataset
     root = Path(data_cfg.root)
+    if not root.is_absolute():  # relative to the repository, not to the process's cwd (notebooks run in notebooks/)
+        root = paths.ROOT / root
     size = int(data_cfg.image_size)
     if name == "digits":
         _no_test_split(name, train)
@@ -352,7 +355,7 @@ def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = Fa
 
 def _decode_celeba(img_dir: Path, names: list[str], size: int) -> torch.Tensor:
     from PIL import Image
-    from tqdm.auto import tqdm
+    from lib.progress import tqdm
 
     out = np.empty((len(names), 3, size, size), dtype=np.uint8)
 

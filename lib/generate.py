@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from lib.progress import tqdm
 
 from lib import checkpoint as ckpt
 from lib import samplers

@@ -69,7 +69,7 @@ def train_classifier(images_uint8: torch.Tensor, labels: torch.Tensor, *, steps:
     """Train :class:`FeatureClassifier` with Adam on 90% of the images (in model range [-1, 1]);
     the accuracy on the held-out 10% is printed and stored in ``model.meta['heldout_accuracy']``.
     Returns the model in eval mode on ``device``."""
-    from tqdm.auto import tqdm
+    from lib.progress import tqdm
 
     from lib.data import to_model_range
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 from lib.checkpoint import atomic_write_text
@@ -46,6 +47,20 @@ def save_table(rows: list[dict], folder, name: str, columns=None, digits: int = 
     md = (f"**{title}**\n\n" if title else "") + to_markdown(rows, columns, digits)
     atomic_write_text(folder / f"{name}.md", md)
     return md
+
+
+def show(md: str) -> None:
+    """Show a Markdown table from :func:`save_table`: rendered in a Jupyter kernel, printed as text elsewhere.
+
+    The display carries both forms (text/markdown and text/plain), so papermill logs, HTML exports and
+    terminals all see the table."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or "IPKernelApp" not in shell.config:
+        print(md)
+        return
+    from IPython.display import display
+    display({"text/markdown": md, "text/plain": md}, raw=True)
 
 
 def read_table(path) -> list[dict]:

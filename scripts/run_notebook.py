@@ -25,6 +25,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     out_dir = (root or ROOT) / "figures" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
+    os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.progress)
     params = {"profile": profile, "root": str(root) if root else ""}
     t0 = time.time()
     print(f"-- {nb.name} (profile {profile})", flush=True)
