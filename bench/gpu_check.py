@@ -312,8 +312,8 @@ def fixed_noise_loss(cfg, schedule, t, noise, noise_skip):
     return loss_fn
 
 
-def free(*objs) -> None:
-    del objs
+def release_memory() -> None:
+    """Return freed CUDA blocks (call after the last reference to a model is dropped)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -344,6 +344,41 @@ def install_wheels(folder: Path) -> dict:
     importlib.invalidate_caches()
     return {"command": " ".join(cmd), "rc": r.returncode, "installed": missing if r.returncode == 0 else [],
             "output_tail": (r.stdout + r.stderr)[-1500:]}
+
+
+# What a GPU machine with a preinstalled PyTorch already has (and the wheels must never replace).
+PREINSTALLED = {"torch", "torchvision", "triton", "numpy", "scipy", "matplotlib", "pandas", "scikit-learn", "pillow",
+                "tqdm", "pytest", "filelock", "fsspec", "typing-extensions", "sympy", "networkx", "jinja2", "packaging",
+                "setuptools", "joblib", "threadpoolctl", "python-dateutil", "six"}
+
+
+def wheel_requirements(roots=("diffusers", "clean-fid", "mlxtend")) -> list[str]:
+    """``name==version`` for the optional packages and every dependency of theirs installed here
+    (their closure, as this environment resolved it), less what a PyTorch machine ships with: the
+    list ``pip download --no-deps`` needs for an offline ``pip install --no-index --find-links``."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    def norm(n):
+        return re.sub(r"[-_.]+", "-", n).lower()
+    seen, out, todo = set(), [], list(roots)
+    while todo:
+        name = norm(todo.pop())
+        if name in seen or name in PREINSTALLED or name.startswith("nvidia-"):
+            continue
+        seen.add(name)
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise SystemExit(f"error: {name} is not installed in this environment ({sys.executable}); run this "
+                             f"with the project's .venv (make venv; requirements-dev.txt has diffusers)") from None
+        out.append(f"{dist.metadata['Name']}=={dist.version}")
+        for req in dist.requires or []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):  # extras and other platforms: not needed
+                todo.append(r.name)
+    return sorted(out, key=str.lower)
 
 
 def _torch_version() -> tuple:
@@ -401,6 +436,9 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
     S.note(f"model: {'the paper UNet' if not ctx.dry else 'a tiny UNet (dry run)'} with random weights "
            f"({sum(p.numel() for p in base.parameters()):,} parameters), dropout 0; the device under test is "
            f"{dev}, the reference the CPU. 'float32' means TF32 off for matmuls and cuDNN.")
+
+    launched = {}
+    S.part("launch DDP through torchrun", lambda: launched.update(ddp=launch_ddp_worker(ctx)))
 
     # -- every sampler, same x_T (lib.generate.initial_noise) and the same noise stream
     def samplers_check():
@@ -464,7 +502,7 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
         S.part(f"training step {label}", fn)
 
     compare("float32", "float32", (1e-4, 1e-3, 1e-2), precision="float32")
-    compare("bf16", "bf16 autocast, channels_last, fused Adam (the gpu profile)", (2e-2, 0.15, None),
+    compare("bf16", f"bf16 autocast, channels_last{', fused Adam' if fused else ''} (the gpu profile)", (2e-2, 0.15, None),
             amp="bf16", channels_last=True, fused=fused)
     compare("float32_cl", "float32 channels_last", (1e-4, 1e-3, 1e-2), precision="float32", channels_last=True)
     if fused:
@@ -513,24 +551,37 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
     S.part("lib.generate device vs CPU", generate_check)
     S.report.write()
 
-    # -- DDP over NCCL (gloo in the dry run) through torchrun, one process
+    # -- DDP over NCCL (gloo in the dry run) through torchrun, one process: launched at the start of
+    # the section (above), so that its start-up overlaps the other checks
     def ddp():
-        out = ctx.tmp / "ddp_result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               str(Path(__file__).resolve()), "--ddp-worker", str(out)] + (["--dry-run"] if ctx.dry else [])
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=max(5.0, S.left()))
-        if r.returncode != 0 or not out.exists():
-            raise RuntimeError(f"torchrun exited {r.returncode}: {(r.stdout + r.stderr)[-800:]}")
+        out, p = launched["ddp"]
+        try:
+            stdout, stderr = p.communicate(timeout=max(5.0, S.left()))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        if p.returncode != 0 or not out.exists():
+            raise RuntimeError(f"torchrun exited {p.returncode}: {(stdout + stderr)[-800:]}")
         w = json.loads(out.read_text())
         S.rec["measurements"]["ddp"] = w
         S.check(f"DDP ({w['backend']}, torchrun, 1 process): parameters after 2 steps vs no DDP", w["param_rel"],
                 "relative L2 <= 1e-4", w["param_rel"] <= 1e-4)
         S.check(f"DDP ({w['backend']}): all_reduce, all_gather_object, barrier", w["collectives_ok"], "exact",
                 bool(w["collectives_ok"]))
-    S.part("DDP through torchrun", ddp, need_s=10.0 if not ctx.dry else 0)
+    if "ddp" in launched:
+        S.part("DDP through torchrun", ddp)
+
+
+def launch_ddp_worker(ctx: Ctx):
+    """Start ``torchrun --standalone --nproc_per_node=1 bench/gpu_check.py --ddp-worker OUT``."""
+    out = ctx.tmp / "ddp_result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           str(Path(__file__).resolve()), "--ddp-worker", str(out)] + (["--dry-run"] if ctx.dry else [])
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                          "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return out, subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def ddp_worker(result_path: str, dry: bool) -> int:
@@ -596,21 +647,25 @@ def section_training(S: Section, ctx: Ctx) -> None:
         S.note(f"UNet2DModel comparison skipped: {dver}")
     meas["variants"] = results = {}
     flops = {}
+    best = []  # [name, StepVariant] of our fastest variant so far, kept for its profiler trace
 
     def build(kind):
         torch.manual_seed(0)  # both networks start from a seed
         return build_model(m) if kind == "ours" else unet2d_twin.DiffusersEps(**unet2d_twin.diffusers_kwargs(m))
 
-    def measure(kind, precision, amp, cl, fused, compiled=False):
+    def measure(kind, precision, amp, cl, fused, compiled=False, reserve=0.0):
         fused = fused and gpu  # lib.train fuses Adam on CUDA only
         name = (f"{'ours' if kind == 'ours' else 'UNet2DModel'} {'bf16' if amp == 'bf16' else precision}"
                 f"{' channels_last' if cl else ''}{' fused-Adam' if fused else ''}{' compiled' if compiled else ''}")
 
         def fn():
+            held = torch.cuda.memory_allocated(dev) / 2**30 if gpu else 0.0  # the kept fastest variant
             v = StepVariant(name, build(kind), loss_s2dm, tcfg, dev, amp=amp, precision=precision, channels_last=cl,
                             fused=fused, compile_backend=z.compile_backend if compiled else None)
             r = time_interleaved([v], batches, warmup=z.compile_warmup if compiled else z.warmup, repeats=z.repeats,
                                  steps=z.steps, batch_size=B, deadline=S.deadline - 5)["variants"][name]
+            if "peak_memory_gib" in r:
+                r["peak_memory_gib"] -= held
             r.update(kind=kind, parameters=sum(p.numel() for p in v.model.parameters()))
             if kind in flops and peak:
                 r["mfu_measured_peak"] = r["images_per_s"] * flops[kind]["train_step"] / peak
@@ -620,18 +675,22 @@ def section_training(S: Section, ctx: Ctx) -> None:
             print(f"   {name}: {r['images_per_s']:.0f} images/s" +
                   (f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""), flush=True)
             S.report.write()
-            free(v)
+            if kind == "ours" and (not best or r["images_per_s"] > results[best[0]]["images_per_s"]):
+                best[:] = [name, v]  # drops the previous one
+            del v
+            release_memory()
             return name
         if name in results:  # e.g. fused and foreach Adam are the same thing on a CPU
             return None
-        return S.part(f"train {name}", fn, need_s=z.need_compile_s if compiled else z.need_eager_s)
+        return S.part(f"train {name}", fn, need_s=(z.need_compile_s if compiled else z.need_eager_s) + reserve)
 
     def count_flops(kind):
         def fn():
             v = StepVariant("flops", build(kind), loss_s2dm, tcfg, dev)
             x, tt, _, _ = fixed_inputs(cfg, 2)
             flops[kind] = flops_per_image(v, x, tt)
-            free(v)
+            del v
+            release_memory()
         S.part(f"FLOPs per image ({kind}, torch.utils.flop_counter)", fn)
     count_flops("ours")
     if have_diffusers:
@@ -657,7 +716,8 @@ def section_training(S: Section, ctx: Ctx) -> None:
             r = time_interleaved(vs, batches, warmup=z.warmup, repeats=repeats, steps=steps, batch_size=B,
                                  deadline=S.deadline - 5)
             meas[label] = r
-            free(*vs)
+            del vs
+            release_memory()
             return r
         return S.part(label, fn, need_s=z.need_eager_s * 2)
 
@@ -668,7 +728,7 @@ def section_training(S: Section, ctx: Ctx) -> None:
                                     ("baseline", make_loss(cfg, "baseline", ctx.schedule))],
                 z.cdm_repeats, z.cdm_steps)
     if cd:
-        meas["cdm_step_over_baseline_step"] = cd["ratios"]["baseline"]["cdm"]
+        meas["cdm_step_over_baseline_step"] = cd["ratios"]["cdm"]["baseline"]
 
     # torch.compile last (it is the slowest to set up): ours, then UNet2DModel if time is left.
     best_eager = max((k for k in results if results[k]["kind"] == "ours"), key=lambda k: results[k]["images_per_s"],
@@ -676,9 +736,10 @@ def section_training(S: Section, ctx: Ctx) -> None:
     if best_eager:
         s = results[best_eager]["settings"]
         args = (s["precision"], s["amp"], s["channels_last"], s["fused_adam"])
-        measure("ours", *args, compiled=True)
+        reserve = 2 * z.need_eager_s  # keep time for the profiler traces below
+        measure("ours", *args, compiled=True, reserve=reserve)
         if have_diffusers and not ctx.dry:  # the same code path as ours: spared in the dry run
-            measure("UNet2DModel", *args, compiled=True)
+            measure("UNet2DModel", *args, compiled=True, reserve=reserve)
 
     # ---- targets
     tag = " (dry run: CPU at tiny sizes; the verdict only exercises the code)" if ctx.dry else ""
@@ -686,7 +747,7 @@ def section_training(S: Section, ctx: Ctx) -> None:
     if not ours:
         S.note("no training variant finished: no targets judged")
         return
-    fastest = max(ours, key=lambda k: ours[k]["images_per_s"])
+    fastest, kept = best if best else (max(ours, key=lambda k: ours[k]["images_per_s"]), None)
     ips = ours[fastest]["images_per_s"]
     failed = []
     if not S.target(f"fastest variant ({fastest}) ≥ {TARGET_TRAIN_IPS:,} images/s, paper UNet, batch 128", round(ips, 1),
@@ -696,24 +757,36 @@ def section_training(S: Section, ctx: Ctx) -> None:
     if f32:
         k = max(f32, key=lambda k: ours[k]["images_per_s"])
         S.target(f"float32 (the paper's arithmetic): {k}", round(ours[k]["images_per_s"], 1), "reported beside", None)
-    twin = _twin_of(fastest, results)
+    twin, judged, why = _twin_of(fastest, results), fastest, ""
+    if not twin:  # e.g. the compiled UNet2DModel did not fit the budget: judge the fastest pair measured alike
+        pairs = [k for k in ours if _twin_of(k, results)]
+        if pairs:
+            judged = max(pairs, key=lambda k: ours[k]["images_per_s"])
+            twin, why = _twin_of(judged, results), f"UNet2DModel was not measured as {fastest}; "
     if twin:
-        ratio = ips / results[twin]["images_per_s"]
-        if not S.target(f"{fastest} vs {twin}", round(ratio, 3), f">= {TARGET_VS_UNET2D}×", ratio >= TARGET_VS_UNET2D,
-                        tag.strip(" ()")):
-            failed.append(fastest)
+        ratio = ours[judged]["images_per_s"] / results[twin]["images_per_s"]
+        if not S.target(f"{judged} vs {twin}", round(ratio, 3), f">= {TARGET_VS_UNET2D}×", ratio >= TARGET_VS_UNET2D,
+                        (why + tag.strip(" ()")).strip("; ")):
+            failed.append(judged)
     elif have_diffusers:
         S.target(f"{fastest} vs UNet2DModel at the same precision", None, f">= {TARGET_VS_UNET2D}×", None,
-                 "UNet2DModel was not measured with these settings")
+                 "no UNet2DModel variant finished")
     for k in f32:
         tw = _twin_of(k, results)
         if tw:
             S.target(f"float32: {k} vs {tw}", round(ours[k]["images_per_s"] / results[tw]["images_per_s"], 3),
                      "reported beside", None)
+    mfu = ours[fastest].get("mfu_measured_peak")
+    if mfu is not None:
+        S.target(f"MFU of {fastest} ({flops['ours']['train_step'] / 1e9:.2f} GFLOP per training image, "
+                 f"flop_counter) against the measured bf16 matmul rate", round(mfu, 3), "reported", None)
+    if cd:
+        S.target("CDM step / baseline step (bf16, channels_last)", round(meas["cdm_step_over_baseline_step"], 3),
+                 "reported", None)
     if ov:
-        cost = ov["ratios"]["plain L_0"]["s2dm"] - 1.0
-        floor = ov["ratios"]["tau=1"]["s2dm"] - 1.0
-        if not S.target("S²-DM step over the plain L_0 step (bf16, channels_last, fused Adam)", round(cost, 4),
+        cost = ov["ratios"]["s2dm"]["plain L_0"] - 1.0  # step time of S²-DM / step time of L_0, minus 1
+        floor = ov["ratios"]["s2dm"]["tau=1"] - 1.0
+        if not S.target(f"S²-DM step over the plain L_0 step (bf16, channels_last{', fused Adam' if gpu else ''})", round(cost, 4),
                         f"<= {TARGET_S2DM_OVERHEAD:.0%}", cost <= TARGET_S2DM_OVERHEAD,
                         f"τ = 0.99 vs τ = 1 (the same work): {floor:+.2%}, the timing noise floor{tag}"):
             failed.append("s2dm")
@@ -723,6 +796,8 @@ def section_training(S: Section, ctx: Ctx) -> None:
         def trace(k=k):
             if k == "s2dm":
                 v = StepVariant("s2dm", build("ours"), loss_s2dm, tcfg, dev, amp="bf16", channels_last=True, fused=gpu)
+            elif kept is not None and kept.name == k:
+                v = kept
             else:
                 s, kind = results[k]["settings"], results[k]["kind"]
                 v = StepVariant(k, build(kind), loss_s2dm, tcfg, dev, amp=s["amp"], precision=s["precision"],
@@ -730,7 +805,6 @@ def section_training(S: Section, ctx: Ctx) -> None:
                                 compile_backend=s["compile"] or None)
             x = v.batch(batches[0])
             S.rec["traces"][k] = top_kernels(lambda: v.step(x), dev, calls=1 if ctx.dry else 3)
-            free(v)
         S.part(f"profiler trace of {k}", trace, need_s=z.need_eager_s)
 
 
@@ -780,7 +854,8 @@ def section_sampling(S: Section, ctx: Ctx) -> None:
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     S.part("DDIM-10 channels_last + bf16 autocast (not what lib.generate does)",
            lambda: timed("ddim10_channels_last_bf16", model_cl, autocast=True), need_s=3.0 if not ctx.dry else 0)
-    free(model, model_cl)
+    del model, model_cl
+    release_memory()
     S.part("Inception feature network", lambda: inception_speed(S, ctx), need_s=5.0 if not ctx.dry else 0)
 
 
@@ -1020,8 +1095,13 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--max-seconds", type=float, default=None, help=f"the whole run's limit (default {TOTAL_S})")
     p.add_argument("--wheels", default=None, help="folder of wheels to install missing optional packages from, offline")
+    p.add_argument("--wheel-list", action="store_true",
+                   help="print the pinned packages to `pip download --no-deps` for an offline machine, and exit")
     p.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.wheel_list:
+        print("\n".join(wheel_requirements()))
+        return 0
     if a.ddp_worker:
         return ddp_worker(a.ddp_worker, a.dry_run)
     chosen = [s.strip() for s in a.sections.split(",") if s.strip()]

@@ -135,7 +135,7 @@ def flops_per_image(variant: StepVariant, x0: torch.Tensor, t: torch.Tensor) -> 
     return {"forward": fwd, "train_step": fc.get_total_flops() / n}
 
 
-def bf16_matmul_rate(device, n: int = 8192, iters: int = 20) -> float:
+def bf16_matmul_rate(device, n: int = 8192, iters: int = 50) -> float:
     """Measured dense bf16 matmul FLOP/s of the device (n×n by n×n, after a warm-up)."""
     device = torch.device(device)
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
