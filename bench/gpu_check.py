@@ -484,6 +484,8 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
     if "cpu" not in res:
         return
     r0 = res["cpu"]
+    g0 = r0["grads"]
+    sure = g0.abs() > 1e-3 * g0.pow(2).mean().sqrt()  # the coordinates whose gradient sign rounding cannot flip
 
     def compare(key, label, tol, **kw):
         def fn():
@@ -496,34 +498,36 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
             S.check(f"train step {label}: gradient norm vs CPU float32", rg, f"relative <= {gt:g}", rg <= gt)
             S.check(f"train step {label}: gradients vs CPU float32", rgr, f"relative L2 <= {gt:g}", rgr <= gt)
             if ut is not None:
-                ru = rel(out["delta"], r0["delta"])
+                ru = rel(out["delta"][sure], r0["delta"][sure])
                 S.check(f"train step {label}: Adam update vs CPU float32", ru, f"relative L2 <= {ut:g}", ru <= ut,
-                        "Adam's first update is about lr·sign(g): coordinates with g ≈ 0 may flip")
+                        "on the coordinates with |g| > 1e-3·rms(g): Adam's first update is lr·g/(|g|+eps), "
+                        "whose sign flips with rounding where g ≈ 0")
         S.part(f"training step {label}", fn)
 
-    compare("float32", "float32", (1e-4, 1e-3, 1e-2), precision="float32")
+    compare("float32", "float32", (1e-4, 1e-3, 1e-3), precision="float32")
     compare("bf16", f"bf16 autocast, channels_last{', fused Adam' if fused else ''} (the gpu profile)", (2e-2, 0.15, None),
             amp="bf16", channels_last=True, fused=fused)
-    compare("float32_cl", "float32 channels_last", (1e-4, 1e-3, 1e-2), precision="float32", channels_last=True)
+    compare("float32_cl", "float32 channels_last", (1e-4, 1e-3, 1e-3), precision="float32", channels_last=True)
     if fused:
-        compare("float32_fused", "float32 fused Adam", (1e-4, 1e-3, 1e-2), precision="float32", fused=True)
+        compare("float32_fused", "float32 fused Adam", (1e-4, 1e-3, 1e-3), precision="float32", fused=True)
 
     def layouts():
         a, b = res["float32_cl"], res["float32"]
         r = rel(a["grads"], b["grads"])
-        S.check("channels_last vs contiguous on the device: gradients", r, "relative L2 <= 1e-4", r <= 1e-4)
+        S.check("channels_last vs contiguous on the device: gradients", r, "relative L2 <= 1e-3", r <= 1e-3)
         with torch.no_grad(), float32_precision("float32"):
-            xa = x0.to(dev)
-            ya = a["model"].eval()(xa.contiguous(memory_format=torch.channels_last), t.to(dev))
-            yb = b["model"].eval()(xa, t.to(dev))
+            xa, net = x0.to(dev), copy.deepcopy(base).to(dev)
+            yb = net(xa, t.to(dev))
+            net = net.to(memory_format=torch.channels_last)
+            ya = net(xa.contiguous(memory_format=torch.channels_last), t.to(dev))
         r = rel(ya, yb)
-        S.check("channels_last vs contiguous on the device: ε-network output after the step", r,
-                "relative L2 <= 1e-4", r <= 1e-4)
+        S.check("channels_last vs contiguous on the device: ε-network output", r, "relative L2 <= 1e-4", r <= 1e-4)
     S.part("channels_last vs contiguous", layouts)
     if fused:
         def adam():
-            r = rel(res["float32_fused"]["delta"], res["float32"]["delta"])
-            S.check("fused vs foreach Adam on the device: the update", r, "relative L2 <= 1e-3", r <= 1e-3)
+            r = rel(res["float32_fused"]["delta"][sure], res["float32"]["delta"][sure])
+            S.check("fused vs foreach Adam on the device: the update", r, "relative L2 <= 1e-3 (|g| > 1e-3·rms(g))",
+                    r <= 1e-3)
         S.part("fused vs foreach Adam", adam)
     for k in list(res):
         res[k].pop("model", None)
@@ -533,15 +537,18 @@ def section_correctness(S: Section, ctx: Ctx) -> None:
     def generate_check():
         model_dev = copy.deepcopy(base).to(dev)
         kw = dict(method="ddim", num_steps=10, batch_size=max(1, z.gen_n // 2), seed=7, progress=False)
-        a = gen.generate(model_dev, ctx.schedule, shape, z.gen_n, device=dev, **kw)
-        b = gen.generate(base, ctx.schedule, shape, z.gen_n, device=ref, **kw)
+        with float32_precision("float32"):
+            b = gen.generate(base, ctx.schedule, shape, z.gen_n, device=ref, **kw)
+            a = gen.generate(model_dev, ctx.schedule, shape, z.gen_n, device=dev, **kw)
         r = rel(a, b)
-        S.check("lib.generate DDIM-10 (two batches, seed 7): device vs CPU", r,
-                "relative L2 <= 1e-2 (torch's default flags: cuDNN convolutions in TF32)", r <= 1e-2)
+        S.check("lib.generate DDIM-10 (two batches, seed 7): device vs CPU, float32", r, "relative L2 <= 1e-3", r <= 1e-3)
+        a = gen.generate(model_dev, ctx.schedule, shape, z.gen_n, device=dev, **kw)  # torch's default flags
+        r = rel(a, b)
+        S.check("lib.generate DDIM-10 as it runs by default (cuDNN convolutions in TF32) vs CPU", r,
+                "relative L2 <= 5e-2 (TF32 keeps 10 mantissa bits)", r <= 5e-2)
         ua, ub = data_mod.from_model_range(a).int(), data_mod.from_model_range(b).int()
-        frac = float(((ua - ub).abs() > 1).float().mean())
-        S.check("lib.generate DDIM-10: uint8 pixels differing by more than 1 level", frac, "fraction <= 0.01",
-                frac <= 0.01)
+        S.check("lib.generate DDIM-10 by default: uint8 pixels more than 1 level from the CPU's",
+                float(((ua - ub).abs() > 1).float().mean()), "none (information)", None)
         kw["method"] = "ddpm"
         a = gen.generate(model_dev, ctx.schedule, shape, z.gen_n, device=dev, **kw)
         b = gen.generate(base, ctx.schedule, shape, z.gen_n, device=ref, **kw)
