@@ -780,7 +780,7 @@ def section_training(S: Section, ctx: Ctx) -> None:
                  "no UNet2DModel variant finished")
     for k in f32:
         tw = _twin_of(k, results)
-        if tw:
+        if tw and k != judged:
             S.target(f"float32: {k} vs {tw}", round(ours[k]["images_per_s"] / results[tw]["images_per_s"], 3),
                      "reported beside", None)
     mfu = ours[fastest].get("mfu_measured_peak")
