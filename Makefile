@@ -89,3 +89,14 @@ hooks:
 bench: $(VENV)/.stamp-dev
 	$(PY) bench/sampler_overhead.py
 	$(PY) bench/train_speed.py
+
+# ---------------------------------------------------------------- the GPU check (docs/GPU.md)
+# One prepared run on one GPU (<= 8 min on an H100/H200): correctness, speed, end to end ->
+# bench/results/gpu_check_<gpu>.md/.json. Runs with .venv when there is one, else the machine's own
+# python3 (a preinstalled PyTorch >= 2.1): no install step, no network. A folder WHEELS (default .whl)
+# is used to install missing diffusers/clean-fid/mlxtend offline first. GPU_CHECK_ARGS=--dry-run: CPU, tiny.
+.PHONY: gpu-check
+WHEELS ?= .whl
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py $(if $(wildcard $(WHEELS)),--wheels $(WHEELS),) $(GPU_CHECK_ARGS)
