@@ -131,7 +131,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "valid profiles: ci, cpu, gpu, paper" in capsys.readouterr().err
     assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path), "--set", "loss.tau=2"]) == 2
     assert "tau must lie in [0, 1]" in capsys.readouterr().err
-    assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path), "--set", "data.dataset=cifar10",
-                   "--set", "data.root=" + str(tmp_path)]) == 2
+    cifar = ["--set", "data.dataset=cifar10", "--set", "model.in_channels=3", "--set", "model.out_ch=3",
+             "--set", "data.image_size=8", "--set", "data.root=" + str(tmp_path)]
+    assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path / "run")] + cifar) == 2
     err = capsys.readouterr().err
     assert "cifar" in err.lower() and str(tmp_path) in err and "Traceback" not in err
