@@ -4,15 +4,13 @@
     .venv/bin/python bench/train_speed.py --compile     # also torch.compile both networks
     .venv/bin/python bench/train_speed.py --profile paper --steps 2 --repeats 3   # the paper UNet on CPU (slow)
 
-It times (warm-up excluded, the device synchronised around every timing, medians of ``--repeats``
-repeats, the variants interleaved within each repeat so that load changes on a shared machine hit all
-of them alike): (a) training images/s at batch ``--batch`` with lib.train's ``train_step`` (loss,
-backward, clip, Adam, EMA; bf16, channels_last and fused Adam on CUDA) for our UNet and for diffusers'
-``UNet2DModel`` built as the same DDPM architecture; (b) the cost of L_skip (τ = 0.99 against τ = 1,
-and against plain ddpm_loss); (c) a CDM step against the baseline step; (d) DDIM sampling images/s;
-(e) a 50k-sample Inception FID, fitted as t(N) = a + b·N on two sample counts, if the weights are here.
-The targets (≥ 5,400 images/s for the paper UNet on one H100, ahead of UNet2DModel, L_skip ≤ 3 %) are
-judged where they apply. Results: bench/results/train_speed_<device>.json and .md.
+It times, interleaving the variants within each of ``--repeats`` repeats (medians; warm-up excluded;
+the device synchronised around every timing): (a) training images/s with lib.train's ``train_step``
+for our UNet and diffusers' ``UNet2DModel`` built as the same DDPM network; (b) L_skip's cost (τ = 0.99
+against τ = 1 and against ddpm_loss); (c) a CDM step against the baseline's; (d) DDIM sampling images/s;
+(e) a 50k-sample Inception FID, fitted as t(N) = a + b·N, if the weights are here. The targets
+(≥ 5,400 images/s for the paper UNet on one H100, ahead of UNet2DModel, L_skip ≤ 3 %) are judged where
+they apply. Results: bench/results/train_speed_<device>.json and .md.
 """
 from __future__ import annotations
 
@@ -47,16 +45,12 @@ TARGET_LSKIP_COST = 0.03  # L_skip may add at most 3 % to a training step
 FID_N = 50_000
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device) -> float:
-    _sync(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync()
     return time.perf_counter() - t0
 
 
