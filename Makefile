@@ -59,10 +59,17 @@ reproduce: $(VENV)/.stamp-run
 # ROOT_OUT=DIR writes figures/ and data/runs/ under DIR instead of the repository (used by the tests).
 ROOT_OUT ?=
 OUT = $(if $(ROOT_OUT),$(ROOT_OUT)/,)figures/$(PROFILE)
+RUNS = $(if $(ROOT_OUT),$(ROOT_OUT)/,)data/runs/$(PROFILE)
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 notebooks: $(EXECUTED)
 $(OUT)/%.ipynb: notebooks/%.ipynb $(LIB) scripts/run_notebook.py
 	@$(PY) scripts/run_notebook.py $< --profile $(PROFILE) $(if $(ROOT_OUT),--root $(ROOT_OUT),)
+# The notebooks that write under data/runs/<profile>/ run again when the marker run_notebook.py left
+# there is gone (data/runs deleted), however new their executed copy is.
+WRITES_RUNS := 03_train 04_sampler_sweeps 06_related_methods
+$(foreach n,$(WRITES_RUNS),$(if $(wildcard $(RUNS)/.notebooks/$(n).done),,$(eval $(OUT)/$(n).ipynb: FORCE)))
+.PHONY: FORCE
+FORCE:
 # Data flow: 03 trains the models that 04, 06 and 07 read; 05 tabulates 04's measurements.
 $(OUT)/04_sampler_sweeps.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/05_fid_tables.ipynb: $(OUT)/04_sampler_sweeps.ipynb

@@ -8,12 +8,13 @@ Every timing synchronises the device before and after (CUDA kernels run asynchro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 
 import torch
 
-from lib.train import EMA, train_step
+from lib.train import EMA, make_autocast, make_optimizer, train_step
 
 __all__ = ["sync", "float32_precision", "StepVariant", "time_interleaved", "flops_per_image",
            "bf16_matmul_rate", "top_kernels", "PRECISIONS"]
@@ -57,12 +58,12 @@ class StepVariant:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last, self.grad_clip = channels_last, tcfg.grad_clip
-        self.ema = EMA(self.model, tcfg.ema_decay)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
-                                    weight_decay=tcfg.weight_decay, **({"fused": True} if fused else {}))
+        t = dataclasses.replace(tcfg, amp=amp, fused_adam=fused)  # lib.train's own builders for these settings
+        self.ema = EMA(self.model, t.ema_decay, t.ema_rampup)
+        self.opt = make_optimizer(self.model, t, self.device)
         self.net = torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
         self.g = torch.Generator(device=self.device).manual_seed(seed)
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+        self.autocast = make_autocast(t, self.device)
         self.settings = {"amp": amp, "precision": precision, "channels_last": channels_last, "fused_adam": fused,
                          "compile": compile_backend or False}
         self.model.train()

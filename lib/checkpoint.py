@@ -2,13 +2,16 @@
 
 A training checkpoint is a plain dict of tensors and primitives (state dicts, step, RNG states, the
 run's config as a dict), so it loads with ``torch.load(weights_only=True)``: nothing in a file can
-execute code.
+execute code. Files get the permissions the user's umask gives (not mkstemp's 0600), and a full disk
+is a :class:`DiskFull` error naming the disk, the free space and the space needed.
 """
 from __future__ import annotations
 
-import json
+import errno
+import hashlib
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,35 +19,100 @@ from pathlib import Path
 import torch
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+TEMP_RE = re.compile(r"^\..+\.tmp$")  # what atomic_write_bytes leaves behind when killed mid-write
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: the message names the file."""
 
 
-def atomic_write_bytes(path, write_fn) -> Path:
+class DiskFull(OSError):
+    """No space left while writing a file: the message names the disk, the free and the needed space."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _mount(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def atomic_write_bytes(path, write_fn, size_hint: int | None = None) -> Path:
     """Write a file via ``write_fn(fileobj)`` into a temp file beside ``path``, fsync, then rename.
 
-    A crash at any moment leaves either the old file or the complete new one, never a torn file."""
+    A crash at any moment leaves either the old file or the complete new one, never a torn file (a
+    SIGKILL can leave the temp file ``.<name>.*.tmp``, which :func:`sweep_temp` removes). The file gets
+    mode 0666 minus the umask, as ``open`` would give it. ``size_hint`` (bytes) goes into the
+    :class:`DiskFull` message."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(path.parent).free
+            need = max(size_hint or 0, written)
+            raise DiskFull(errno.ENOSPC, f"no space left on the disk {_mount(path.parent)} while writing {path}: "
+                                         f"{_mb(free)} free, the file needs about {_mb(need)} more than that "
+                                         f"(at least {_mb(need)} in all). Free space there and run the same "
+                                         f"command again (training resumes from its last checkpoint).") from None
         raise
     return path
 
 
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_save(obj, path) -> Path:
     """``torch.save`` made atomic."""
-    return atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    return atomic_write_bytes(path, lambda f: torch.save(obj, f), size_hint=_tensor_bytes(obj))
+
+
+def sweep_temp(run_dir) -> list[Path]:
+    """Delete the temp files that writers killed mid-write left in ``run_dir`` (call only while no
+    writer can be active there: lib.train holds the run directory's lock)."""
+    run_dir = Path(run_dir)
+    gone = [p for p in run_dir.iterdir() if TEMP_RE.match(p.name) and p.is_file()] if run_dir.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -93,20 +161,3 @@ def load_latest(run_dir, map_location="cpu"):
         except CheckpointError as e:
             warnings.warn(f"{e} -- falling back to the previous checkpoint", stacklevel=2)
     return None, None
-
-
-def load_run(run_dir, map_location="cpu"):
-    """A finished run's ``(config, ema_state_dict)`` from ``config.json`` and ``final.pt``."""
-    from lib.config import load_json
-
-    run_dir = Path(run_dir)
-    final, cfg_file = run_dir / "final.pt", run_dir / "config.json"
-    if not final.exists() or not cfg_file.exists():
-        raise FileNotFoundError(f"{run_dir} holds no finished run (need config.json and final.pt); "
-                                f"train it first (python -m lib.train ... --out {run_dir}, or notebook 03_train)")
-    return load_json(cfg_file), safe_load(final, map_location)
-
-
-def read_json(path) -> dict:
-    with open(path) as f:
-        return json.load(f)

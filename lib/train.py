@@ -4,9 +4,11 @@
 
 writes ``DIR/config.json``, ``DIR/run.json``, ``DIR/loss.csv``, checkpoints ``DIR/ckpt-<step>.pt``
 (atomic, the last ``train.keep_ckpts`` kept) and the final EMA weights ``DIR/final.pt`` (a state
-dict). Started again with the same arguments it resumes from the newest readable checkpoint (model,
-EMA, optimiser, step, data order, every RNG state), so a killed run ends with the same weights as
-an uninterrupted one (on CPU). Under ``torchrun`` it trains with DistributedDataParallel.
+dict) with ``DIR/final.json`` (its step, config, code fingerprint and checksum; lib.rundir). Started
+again with the same arguments it resumes from the newest checkpoint of this run (model, EMA,
+optimiser, step, data order, every RNG state), so a killed run ends with the same weights as an
+uninterrupted one (on CPU). One process trains a directory at a time (a lock); a run made by other
+training code is moved aside and trained again. Under ``torchrun`` it trains with DDP.
 
 The recipe is the DDIM code's (docs/method.md §1): Adam, gradient-norm clip, EMA, antithetic t, random
 horizontal flip, data in [-1, 1].
@@ -16,13 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
+import errno
 import math
 import os
 import platform
 import sys
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,20 +33,30 @@ import torch.distributed as dist
 from lib.progress import tqdm
 
 from lib import checkpoint as ckpt
-from lib.config import Config, ConfigError, get_config, load_json, with_overrides
+from lib import rundir
+from lib.config import Config, ConfigError, get_config, toy_config, with_overrides
+from lib.data import TOY_DATASETS, DatasetMissing
 from lib.factory import build_model, resolve_device, schedule_of
 from lib.losses import s2dm_loss
 from lib.related import cdm
 
 ARMS = ("baseline", "s2dm", "cdm")
-# Keys that may change between a run and its resumption (they do not alter the trajectory).
-RESUMABLE_KEYS = {"train.steps", "train.ckpt_every", "train.log_every", "train.keep_ckpts", "train.device",
-                  "train.compile", "sample", "eval", "toy", "profile"}
+RESUMABLE_KEYS = rundir.RESUMABLE_KEYS
 LOG_FIELDS = ("step", "loss", "l0", "lskip", "lr", "grad_norm", "images_per_s")
+# The source a training run executes (its code fingerprint, lib.rundir): the loop, loss, schedule, data,
+# factory, the network (the MLP uses unet's time embedding) and the arm's own module.
+TRAINED_BY = ("lib/train.py", "lib/losses.py", "lib/schedule.py", "lib/data.py", "lib/factory.py", "lib/unet.py")
+MODEL_SOURCE = {"unet": (), "mlp": ("lib/mlp.py",)}
+ARM_SOURCE = {"cdm": ("lib/related/cdm.py",)}
 
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: the message names the step and the last good checkpoint."""
+
+
+def training_code(model_kind: str, arm: str) -> dict:
+    """The code fingerprint of a run of ``arm`` with a ``model_kind`` network."""
+    return rundir.code_fingerprint(TRAINED_BY + MODEL_SOURCE[model_kind] + ARM_SOURCE.get(arm, ()))
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -54,15 +67,19 @@ class BatchSource:
     position in it, restores the data order exactly. Under DDP every rank draws the same global
     permutation and flip mask and keeps its own slice."""
 
-    def __init__(self, cfg: Config, device, generator: torch.Generator, rank: int = 0, world: int = 1):
+    def __init__(self, data_cfg, device, generator: torch.Generator, rank: int = 0, world: int = 1,
+                 batch_size: int = 0):
         from lib import data
 
-        self.cfg, self.device, self.g, self.rank, self.world = cfg, device, generator, rank, world
-        self.toy = cfg.data.dataset in data.TOY_DATASETS
+        self.flip, self.device, self.g, self.rank, self.world = data_cfg.random_flip, device, generator, rank, world
+        self.toy = data_cfg.dataset in TOY_DATASETS
         if self.toy:
-            self.gmm = data.toy_distribution(cfg.data.dataset)
+            self.gmm = data.toy_distribution(data_cfg.dataset)
         else:
-            images, _ = data.load_images(cfg.data)
+            images, _ = data.load_images(data_cfg)
+            if batch_size > len(images):  # would be capped silently (and images/s overstated)
+                raise ConfigError(f"train.batch_size={batch_size} exceeds the {len(images)} images loaded from "
+                                  f"{data_cfg.dataset}: lower train.batch_size")
             self.images = images.to(device)  # uint8 on the device: no loader workers, no host copies
             self.perm, self.pos = self._new_perm(), 0
 
@@ -81,7 +98,7 @@ class BatchSource:
         flip = torch.rand(global_batch, generator=self.g) < 0.5
         idx, flip = idx[self.rank * lb:(self.rank + 1) * lb], flip[self.rank * lb:(self.rank + 1) * lb]
         x = self.images[idx.to(self.device)].float().div_(127.5).sub_(1.0)
-        if self.cfg.data.random_flip:
+        if self.flip:
             x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
         return x
 
@@ -140,19 +157,31 @@ def train_step(model, opt, ema, loss_fn, x0, generator, *, net=None, grad_clip: 
 
 
 class EMA:
-    """Exponential moving average of the parameters (DDPM: decay 0.9999), kept in float32."""
+    """Exponential moving average of the parameters (DDPM: decay 0.9999), kept in float32.
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
+    With ``rampup`` > 0 (EDM's ``ema_rampup_ratio``) the half-life, in steps, is at most ``rampup`` × the
+    updates so far: h = min(ln ½ / ln decay, rampup · n) and β_n = ½^(1/h), so a short run does not keep
+    its random initial weights in the average. ``rampup = 0`` is the plain EMA, β = decay, bit for bit."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, rampup: float = 0.0):
+        self.decay, self.rampup, self.num_updates = decay, rampup, 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
         self._float_keys = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point]
 
+    def beta(self, n: int) -> float:
+        """The decay used by update number ``n`` (1, 2, ...)."""
+        if self.rampup <= 0:
+            return self.decay
+        half_life = self.rampup * n if self.decay <= 0 else min(math.log(0.5) / math.log(self.decay), self.rampup * n)
+        return 0.5 ** (1.0 / max(half_life, 1e-8))
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module):
+        self.num_updates += 1
         state = model.state_dict()
         # One fused kernel over all tensors instead of hundreds of small ones per step (GPU).
         torch._foreach_lerp_([self.shadow[k] for k in self._float_keys],
-                             [state[k].float() for k in self._float_keys], 1.0 - self.decay)
+                             [state[k].float() for k in self._float_keys], 1.0 - self.beta(self.num_updates))
         for k, v in state.items():
             if not v.dtype.is_floating_point:
                 self.shadow[k].copy_(v)
@@ -160,9 +189,11 @@ class EMA:
     def state_dict(self):
         return self.shadow
 
-    def load_state_dict(self, s):
+    def load_state_dict(self, s, num_updates: int | None = None):
         for k in self.shadow:
             self.shadow[k].copy_(s[k])
+        if num_updates is not None:
+            self.num_updates = num_updates
 
 
 def seconds_per_step(cfg: Config, arm: str, n_steps: int = 3, warmup: int = 1, device="cpu") -> float:
@@ -176,15 +207,15 @@ def seconds_per_step(cfg: Config, arm: str, n_steps: int = 3, warmup: int = 1, d
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    ema = EMA(model, cfg.train.ema_decay)
-    if cfg.data.dataset in data.TOY_DATASETS:
+    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_rampup)
+    if cfg.data.dataset in TOY_DATASETS:
         x0 = data.toy_distribution(cfg.data.dataset).sample(cfg.train.batch_size, generator=torch.Generator().manual_seed(0))
     else:
         x0 = data.to_model_range(data.load_images(cfg.data)[0][:cfg.train.batch_size])
     x0 = x0.float().to(device)
     loss_fn = make_loss(cfg, arm, schedule_of(cfg))
     g = torch.Generator(device=device).manual_seed(0)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+    autocast = make_autocast(cfg.train, device)
     elapsed = 0.0
     for i in range(warmup + n_steps):
         t0 = time.perf_counter()
@@ -194,6 +225,18 @@ def seconds_per_step(cfg: Config, arm: str, n_steps: int = 3, warmup: int = 1, d
         if i >= warmup:
             elapsed += time.perf_counter() - t0
     return elapsed / n_steps
+
+
+def make_optimizer(model: torch.nn.Module, t, device) -> torch.optim.Adam:
+    """Adam of a ``train`` section (fused on CUDA when ``t.fused_adam``)."""
+    fused = {"fused": True} if t.fused_adam and torch.device(device).type == "cuda" else {}
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, **fused)
+
+
+def make_autocast(t, device):
+    """The autocast context of a ``train`` section (bf16 or disabled)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -214,162 +257,254 @@ def _gather(obj, world):
     return out
 
 
-# ---------------------------------------------------------------------------- the loop
-def _check_config(out: Path, cfg: Config):
-    """A resumed run must have the same trajectory-defining config as the one on disk."""
-    f = out / "config.json"
-    if not f.exists():
-        return
-    old = load_json(f).to_dict()
-    new = cfg.to_dict()
-    diff = [f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s]
-            if old.get(s, {}).get(k) != new[s][k] and s not in RESUMABLE_KEYS and f"{s}.{k}" not in RESUMABLE_KEYS]
-    if diff:
-        raise ConfigError(f"{out} holds a run with a different configuration ({', '.join(diff)}); "
-                          f"resume it with the same settings, or train into a new --out directory")
+def _on_rank0(fn, rank, world):
+    """``fn()`` on rank 0, its result on every rank; an error there is raised on every rank (no hang)."""
+    result, err = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:
+            err = e
+    shared = _gather((result, None if err is None else str(err)), world)[0]
+    if err is not None:
+        raise err
+    if shared[1] is not None:
+        raise rundir.RunDirError(shared[1])
+    return shared[0]
 
 
-def _same_arm(out: Path, arm: str):
-    f = out / "run.json"
-    if f.exists() and json.loads(f.read_text()).get("arm") != arm:
-        raise ConfigError(f"{out} holds a run of arm {json.loads(f.read_text()).get('arm')!r}, not {arm!r}; "
-                          f"use another --out directory")
+# ---------------------------------------------------------------------------- the parts of train()
+@dataclass
+class TrainState:
+    """What the loop updates: the network (and what the loss calls), EMA, optimiser, data, noise."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    source: BatchSource
+    loss_fn: object
+    g_noise: torch.Generator
+    device: torch.device
 
 
-def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
-    """Train ``arm`` under ``cfg`` into ``out_dir``; resume when checkpoints exist. Returns final.pt."""
-    from lib import data as data_mod
-
-    out = Path(out_dir)
-    if arm not in ARMS:
-        raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
-    toy = cfg.data.dataset in data_mod.TOY_DATASETS
-    if toy != (cfg.model.kind == "mlp"):
-        raise ConfigError("toy 2-D datasets need model.kind='mlp' and image datasets model.kind='unet' "
-                          "(use lib.config.toy_config(cfg) for the toy experiment)")
-    rank, world = _dist_info()
-    T = cfg.train
-    if T.batch_size % world:
-        raise ConfigError(f"train.batch_size={T.batch_size} is not divisible by the {world} processes")
-    _check_config(out, cfg)
-    _same_arm(out, arm)
-    final = out / "final.pt"
-    if final.exists() and (out / "config.json").exists():
-        done = ckpt.list_checkpoints(out)
-        if done and int(ckpt.CKPT_RE.match(done[-1].name).group(1)) >= T.steps:
-            return final  # finished earlier: nothing to redo
-
-    device = resolve_device(T.device)
+def _device(t, world: int) -> torch.device:
+    device = resolve_device(t.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    torch.manual_seed(T.seed)  # same initial weights on every rank and in every arm
-    schedule = schedule_of(cfg)
+    return device
+
+
+def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
+    """Under the lock: sweep killed writes, move a stale run aside, refuse another run. True = finished."""
+    swept = ckpt.sweep_temp(out)
+    if swept:
+        print(f"{out}: removed {len(swept)} temporary file(s) left by an interrupted write", file=sys.stderr)
+    reason = rundir.check_reusable(out, cfg, arm, code)
+    if reason:
+        rundir.supersede(out, reason)
+        rundir.reseed(out)
+    meta = rundir.read_json(out / "final.json")
+    if meta and meta.get("step", 0) > cfg.train.steps:
+        raise ConfigError(f"{out} holds a run trained to step {meta['step']}; train.steps={cfg.train.steps} would label "
+                          f"it wrongly: use train.steps >= {meta['step']}, or another --out")
+    problem = rundir.final_problem(out, cfg, arm)
+    if problem and (out / "final.pt").exists():
+        print(f"{out}: {problem}; training continues from its last checkpoint", file=sys.stderr)
+    return problem is None
+
+
+def _build_state(cfg: Config, arm: str, device, rank: int, world: int) -> TrainState:
+    """Fresh model, EMA, optimiser, data source and noise stream of a run (before any resume).
+    The one place where the weights are initialised."""
+    t = cfg.train
+    torch.manual_seed(t.seed)  # same initial weights on every rank and in every arm
     model = build_model(cfg.model).to(device)
     if world > 1:  # the global RNG now only drives dropout: give each rank its own masks
-        torch.manual_seed(T.seed + 1_000_003 * rank)
-    if T.channels_last and not toy:
+        torch.manual_seed(t.seed + 1_000_003 * rank)
+    if t.channels_last and cfg.model.kind == "unet":
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, T.ema_decay)
-    fused = T.fused_adam and device.type == "cuda"
-    opt = torch.optim.Adam(model.parameters(), lr=T.lr, betas=(T.beta1, T.beta2), eps=T.eps,
-                           weight_decay=T.weight_decay, **({"fused": True} if fused else {}))
-    g_data = torch.Generator().manual_seed(T.seed + 1)
-    g_noise = torch.Generator(device=device).manual_seed(T.seed * 7919 + 2 + rank)
-    source = BatchSource(cfg, device, g_data, rank, world)
-    loss_fn = make_loss(cfg, arm, schedule)
+    ema = EMA(model, t.ema_decay, t.ema_rampup)
+    source = BatchSource(cfg.data, device, torch.Generator().manual_seed(t.seed + 1), rank, world, t.batch_size)
+    g_noise = torch.Generator(device=device).manual_seed(t.seed * 7919 + 2 + rank)
+    return TrainState(model, model, ema, make_optimizer(model, t, device), source,
+                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, device)
 
-    start = 0
-    path, state = ckpt.load_latest(out, map_location=device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        source.load_state_dict(state["data"])
-        rng = state["rng"]
+
+def _shapes_match(model: torch.nn.Module, sd: dict) -> bool:
+    own = model.state_dict()
+    return own.keys() == sd.keys() and all(own[k].shape == sd[k].shape for k in own)
+
+
+def _resume(out: Path, st: TrainState, cfg: Config, arm: str, code: dict, rank: int, world: int):
+    """Load the newest checkpoint of *this* run (arm, trajectory config and code as recorded in it);
+    foreign or unreadable ones are skipped with a warning. Returns ``(start_step, checkpoint or None)``."""
+    files = ckpt.list_checkpoints(out)
+    for path in reversed(files):
+        try:
+            state = ckpt.safe_load(path, map_location=st.device)
+        except ckpt.CheckpointError as e:
+            warnings.warn(f"{e} -- falling back to the previous checkpoint", stacklevel=3)
+            continue
+        why = rundir.mismatch(state, path, cfg, arm, code)
+        if not why and not _shapes_match(st.model, state["model"]):
+            why = ["model shapes"]
+        if why:
+            warnings.warn(f"{path} is not a checkpoint of this run (differs in {', '.join(why)}); skipping it", stacklevel=3)
+            continue
         start = int(state["step"])
-        if len(rng) == world:  # the same process layout: continue every rank's streams exactly
-            mine = rng[rank]
-            g_noise.set_state(mine["noise"].cpu())
-            torch.set_rng_state(mine["cpu"].cpu())
-            if device.type == "cuda" and "cuda" in mine:
-                torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
-        else:  # another number of processes: fresh, distinct streams per rank (not bit-exact)
-            g_noise.manual_seed((T.seed * 1_000_003 + rank) * 104_729 + start)
-            torch.manual_seed((T.seed * 1_000_003 + rank) * 104_729 + start + 1)
+        if start > cfg.train.steps:
+            raise ConfigError(f"{out} holds training up to step {start} > train.steps={cfg.train.steps}: use "
+                              f"train.steps >= {start}, or another --out")
+        st.model.load_state_dict(state["model"])
+        st.ema.load_state_dict(state["ema"], num_updates=start)
+        st.opt.load_state_dict(state["opt"])
+        st.source.load_state_dict(state["data"])
+        _restore_rng(st, state["rng"], cfg.train.seed, start, rank, world)
         if rank == 0:
             print(f"resuming {out} from {path.name} (step {start})", file=sys.stderr)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "config.json", cfg.to_json())
-        ckpt.atomic_write_text(out / "run.json", json.dumps({
-            "arm": arm, "world_size": world, "device": str(device), "torch": torch.__version__,
-            "python": platform.python_version(), "command": " ".join(sys.argv)}, indent=2))
-        _truncate_log(out / "loss.csv", start)
+        return start, path
+    if files:
+        warnings.warn(f"{out}: none of its {len(files)} checkpoint(s) can continue this run; training starts over "
+                      f"from step 0", stacklevel=3)
+    return 0, None
 
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if T.compile:
-        net = torch.compile(net)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=T.amp == "bf16")
-    check_every = 1 if device.type == "cpu" else T.log_every  # a finiteness check syncs the GPU
-    acc = {k: torch.zeros((), device=device) for k in ("loss", "l0", "lskip", "grad_norm")}
-    n_acc, t0, last_good = 0, time.perf_counter(), path
-    model.train()
-    bar = tqdm(range(start, T.steps), initial=start, total=T.steps, desc=f"train {arm}",
+
+def _restore_rng(st: TrainState, rng: list, seed: int, start: int, rank: int, world: int):
+    if len(rng) == world:  # the same process layout: continue every rank's streams exactly
+        mine = rng[rank]
+        st.g_noise.set_state(mine["noise"].cpu())
+        torch.set_rng_state(mine["cpu"].cpu())
+        if st.device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"].cpu(), st.device)
+    else:  # another number of processes: fresh, distinct streams per rank (not bit-exact)
+        st.g_noise.manual_seed((seed * 1_000_003 + rank) * 104_729 + start)
+        torch.manual_seed((seed * 1_000_003 + rank) * 104_729 + start + 1)
+
+
+def _loop(st: TrainState, t, out: Path, start: int, last_good, meta: dict, rank: int, world: int, progress: bool):
+    """Steps ``start`` .. ``t.steps`` of a ``train`` section: warm-up lr, :func:`train_step`, the log
+    (global-batch means) every ``t.log_every`` steps, a checkpoint every ``t.ckpt_every``."""
+    image = not st.source.toy
+    check_every = 1 if st.device.type == "cpu" else t.log_every  # a finiteness check syncs the GPU
+    acc = {k: torch.zeros((), device=st.device) for k in ("loss", "l0", "lskip", "grad_norm")}
+    n_acc, t0 = 0, time.perf_counter()
+    autocast = make_autocast(t, st.device)
+    st.model.train()
+    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=f"train {meta['arm']}",
                disable=not progress or rank != 0, mininterval=1.0)
     for step in bar:
-        x0 = source.next(T.batch_size)
-        if T.channels_last and not toy:
+        x0 = st.source.next(t.batch_size)
+        if t.channels_last and image:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        lr = T.lr * min(1.0, (step + 1) / T.warmup) if T.warmup > 0 else T.lr
-        for grp in opt.param_groups:
+        lr = t.lr * min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else t.lr
+        for grp in st.opt.param_groups:
             grp["lr"] = lr
         try:
-            loss, parts, gn = train_step(model, opt, ema, loss_fn, x0, g_noise, net=net, grad_clip=T.grad_clip,
-                                         autocast=autocast, check_finite=(step + 1) % check_every == 0)
+            loss, parts, gn = train_step(st.model, st.opt, st.ema, st.loss_fn, x0, st.g_noise, net=st.net,
+                                         grad_clip=t.grad_clip, autocast=autocast,
+                                         check_finite=(step + 1) % check_every == 0)
         except NonFiniteLoss as e:
-            _nonfinite(e.value, step, arm, last_good)
-        acc["loss"] += loss
-        acc["l0"] += parts.get("l0", loss).mean()
-        acc["lskip"] += parts.get("lskip", torch.zeros((), device=device)).mean()
-        acc["grad_norm"] += gn.float()
-        n_acc += 1
-        done = step + 1
-        if done % T.log_every == 0 or done == T.steps:
-            if world > 1:  # log the whole global batch, not rank 0's share
-                for v in acc.values():
-                    dist.all_reduce(v)
-                    v /= world
-            vals = {k: (v / n_acc).item() for k, v in acc.items()}
+            _nonfinite(e.value, step, meta["arm"], last_good)
+        for k, v in (("loss", loss), ("l0", parts.get("l0", loss).mean()), ("grad_norm", gn.float()),
+                     ("lskip", parts.get("lskip", torch.zeros((), device=st.device)).mean())):
+            acc[k] += v
+        n_acc, done = n_acc + 1, step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            vals = _log_means(acc, n_acc, world)
             if not math.isfinite(vals["loss"]):
-                _nonfinite(vals["loss"], step, arm, last_good)
-            dt = time.perf_counter() - t0
+                _nonfinite(vals["loss"], step, meta["arm"], last_good)
             if rank == 0:
                 _append_log(out / "loss.csv", {"step": done, **vals, "lr": lr,
-                                               "images_per_s": n_acc * T.batch_size / max(dt, 1e-9)})
+                                               "images_per_s": n_acc * t.batch_size / max(time.perf_counter() - t0, 1e-9)})
                 bar.set_postfix(loss=f"{vals['loss']:.4f}")
-            for v in acc.values():
-                v.zero_()
             n_acc, t0 = 0, time.perf_counter()
-        if done % T.ckpt_every == 0 or done == T.steps:
+        if done % t.ckpt_every == 0 or done == t.steps:
             if not torch.isfinite(loss):
-                _nonfinite(loss, step, arm, last_good)
-            rng = {"noise": g_noise.get_state(), "cpu": torch.get_rng_state()}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            rngs = _gather(rng, world)
-            if rank == 0:
-                last_good = ckpt.save_checkpoint(out, done, {
-                    "step": done, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "data": source.state_dict(), "rng": rngs, "config": cfg.to_dict(), "arm": arm}, T.keep_ckpts)
+                _nonfinite(loss, step, meta["arm"], last_good)
+            last_good = _save(st, out, done, t.keep_ckpts, meta, rank, world) or last_good
     bar.close()
-    if rank == 0:
-        ckpt.atomic_save(ema.state_dict(), final)
+
+
+def _log_means(acc: dict, n: int, world: int) -> dict:
+    """The accumulated sums as means over the steps (and the ranks: the whole global batch); resets them."""
     if world > 1:
-        dist.barrier()
+        for v in acc.values():
+            dist.all_reduce(v)
+            v /= world
+    vals = {k: (v / n).item() for k, v in acc.items()}
+    for v in acc.values():
+        v.zero_()
+    return vals
+
+
+def _save(st: TrainState, out: Path, step: int, keep: int, meta: dict, rank: int, world: int):
+    """Checkpoint ``step`` (every rank's RNG streams gathered; rank 0 writes). Returns its path on rank 0."""
+    rng = {"noise": st.g_noise.get_state(), "cpu": torch.get_rng_state()}
+    if st.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(st.device)
+    rngs = _gather(rng, world)
+    if rank != 0:
+        return None
+    return ckpt.save_checkpoint(out, step, {
+        "step": step, "model": st.model.state_dict(), "ema": st.ema.state_dict(), "opt": st.opt.state_dict(),
+        "data": st.source.state_dict(), "rng": rngs, **meta}, keep)
+
+
+def _wrap(st: TrainState, t, world: int):
+    """What the loss calls: the model, under DDP and/or torch.compile."""
+    if world > 1:
+        st.net = torch.nn.parallel.DistributedDataParallel(
+            st.model, device_ids=[st.device] if st.device.type == "cuda" else None)
+    if t.compile:
+        st.net = torch.compile(st.net)
+
+
+# ---------------------------------------------------------------------------- train
+def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
+    """Train ``arm`` under ``cfg`` into ``out_dir``; resume when this run's checkpoints exist. Returns
+    the verified ``final.pt``. The directory is claimed first (one process at a time), a finished run
+    of the same config and code is returned as it is, and a run of other training code is moved aside."""
+    out = Path(out_dir)
+    if arm not in ARMS:
+        raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
+    rank, world = _dist_info()
+    t = cfg.train
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {world} processes")
+    code = training_code(cfg.model.kind, arm)
+    with _claimed(out, rank, world):
+        # 1. the directory: this run's, finished, stale (moved aside) or another run's (refused)
+        if _on_rank0(lambda: _prepare(out, cfg, arm, code), rank, world):
+            return out / "final.pt"
+        # 2. fresh state, then this run's newest checkpoint
+        st = _build_state(cfg, arm, _device(t, world), rank, world)
+        start, last_good = _resume(out, st, cfg, arm, code, rank, world)
+        if rank == 0:
+            rundir.write_run_files(out, cfg, arm, code, {
+                "world_size": world, "device": str(st.device), "torch": torch.__version__,
+                "python": platform.python_version(), "command": " ".join(sys.argv)})
+            _truncate_log(out / "loss.csv", start)
+        # 3. the loop
+        _wrap(st, t, world)
+        meta = {"config": cfg.to_dict(), "arm": arm, "code": code}
+        _loop(st, t, out, start, last_good, meta, rank, world, progress)
+        # 4. finish: final.pt written, read back and recorded in final.json
+        final = out / "final.pt"
+        if rank == 0:
+            rundir.write_final(out, st.ema.state_dict(), t.steps, cfg, arm, code)
+        if world > 1:
+            dist.barrier()
     return final
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, rank: int, world: int):
+    """Rank 0 holds the run directory's lock for the whole run; every rank learns if it failed."""
+    with contextlib.ExitStack() as stack:
+        _on_rank0(lambda: stack.enter_context(rundir.claim(out)) and None, rank, world)
+        yield
 
 
 def _nonfinite(loss, step, arm, last_good):
@@ -405,6 +540,18 @@ def read_log(run_dir) -> dict[str, list[float]]:
 
 
 # ---------------------------------------------------------------------------- command line
+def _os_error_line(e: OSError) -> str:
+    """One line for an OS error: what, where, what to do (DiskFull carries its own)."""
+    if isinstance(e, ckpt.DiskFull):
+        return str(e)
+    where = e.filename or "the run directory"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied writing {where}: choose a writable --out, or fix the permissions there"
+    if e.errno == errno.ENOTDIR:
+        return f"{where}: a path component is a file, not a directory: choose another --out"
+    return f"{e.strerror or e} ({where}): check the path and the disk, then run the same command again"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -419,19 +566,20 @@ def main(argv=None):
     try:
         cfg = get_config(a.profile)
         if a.toy:  # overrides apply to the toy configuration (train.steps is then the toy's)
-            from lib.config import toy_config
             cfg = toy_config(cfg)
         cfg = with_overrides(cfg, a.overrides)
         final = train(cfg, a.arm, a.out, progress=not a.quiet)
-    except (ConfigError, NonFiniteLoss, ckpt.CheckpointError) as e:
+    except (ConfigError, NonFiniteLoss, ckpt.CheckpointError, rundir.RunDirError, DatasetMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # missing data etc.: message first, no raw download traceback
-        from lib.data import DatasetMissing
-        if isinstance(e, DatasetMissing):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as e:
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        done = ckpt.list_checkpoints(a.out)
+        print(f"interrupted: {a.out} keeps its checkpoints up to {done[-1].name if done else 'none (no step saved)'}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(final)
     if dist.is_initialized():

@@ -4,17 +4,24 @@
 
 The executed copy goes to ``figures/<profile>/<name>.ipynb`` only when every cell succeeded (a
 failed run is kept as ``<name>.failed.ipynb`` and the script names the notebook and exits 1), so
-``make`` treats a failed notebook as not done and re-runs only what is out of date.
+``make`` treats a failed notebook as not done and re-runs only what is out of date. The notebook's
+tables and figures are written to a staging folder (lib.paths) and moved into ``figures/<profile>/``
+only on success: a failed notebook leaves the previous good outputs in place. A marker
+``data/runs/<profile>/.notebooks/<name>.done`` records a success next to the runs it wrote, so that
+``make`` runs the notebook again when ``data/runs`` has been deleted.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from lib import paths  # noqa: E402
 
 
 def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> Path:
@@ -22,27 +29,49 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     import papermill as pm
     from nbconvert import HTMLExporter
 
-    out_dir = (root or ROOT) / "figures" / profile
+    P = paths.Paths(profile, root)
+    out_dir = P.published_figures
     out_dir.mkdir(parents=True, exist_ok=True)
+    stage = out_dir / ".staging" / nb.stem
+    shutil.rmtree(stage, ignore_errors=True)  # what an earlier failed run of this notebook left
+    stage.mkdir(parents=True)
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
     os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.progress)
     params = {"profile": profile, "root": str(root) if root else ""}
     t0 = time.time()
     print(f"-- {nb.name} (profile {profile})", flush=True)
-    try:
+    os.environ.update({paths.STAGE_FOR: str(out_dir.resolve()), paths.STAGE_DIR: str(stage.resolve())})
+    try:  # the kernel inherits the environment: the notebook's Paths.figures is the staging folder
         pm.execute_notebook(str(nb), str(partial), parameters=params, cwd=str(nb.parent), kernel_name="python3",
                             progress_bar=False, log_output=bool(os.environ.get("NB_LOG")))
     except Exception as e:
         msg = str(e).strip().splitlines()
         print(f"FAILED: notebook {nb.name} at profile {profile} ({msg[-1] if msg else type(e).__name__}); "
-              f"the partial run is {partial}", file=sys.stderr)
+              f"the partial run is {partial}; its tables and figures were not published (they are in {stage})",
+              file=sys.stderr)
         raise SystemExit(1)
+    finally:
+        for k in (paths.STAGE_FOR, paths.STAGE_DIR):
+            os.environ.pop(k, None)
+    publish(stage, out_dir)
     os.replace(partial, final)
     if html:
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(final, as_version=4))
         (out_dir / (nb.stem + ".html")).write_text(body)
+    marker = P.runs / ".notebooks" / f"{nb.stem}.done"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{final}\n")
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)
     return final
+
+
+def publish(stage: Path, out_dir: Path):
+    """Move every file of the staging folder to the same place under ``out_dir``, then drop the folder."""
+    for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+        dest = out_dir / f.relative_to(stage)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def main():

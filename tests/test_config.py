@@ -39,6 +39,8 @@ def test_overrides_are_typed():
     (["loss.tau=1.5"], "tau must lie in \\[0, 1\\]"),
     (["sample.grid=cosine"], "uniform' or 'quad"),
     (["train.steps"], "section.key=value"),
+    (["train.ema_rampup=-1"], "ema_rampup must be >= 0"),
+    (["sample.steps=(5, 'x')"], "expected an integer"),
 ])
 def test_bad_overrides_fail_with_a_clear_message(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -48,3 +50,41 @@ def test_bad_overrides_fail_with_a_clear_message(overrides, match):
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid profiles: ci, cpu, gpu, paper"):
         get_config("laptop")
+
+
+def test_overrides_are_python_literals_checked_against_the_field_type():
+    c = get_config("ci", ["model.ch_mult=(1, 2)", "sample.methods=ddim,pndm", "sample.steps=7", "train.steps=1e3",
+                          "train.device='cpu'", "train.device=cuda", "train.lr=1"])
+    assert c.model.ch_mult == (1, 2) and c.sample.methods == ("ddim", "pndm") and c.sample.steps == (7,)
+    assert c.train.steps == 1000 and isinstance(c.train.steps, int) and c.train.device == "cuda"
+    assert c.train.lr == 1.0 and isinstance(c.train.lr, float)
+
+
+def test_toy_config_is_the_profile_with_the_toy_override_set():
+    from lib.config import toy_overrides, with_overrides
+
+    for p in PROFILES:
+        cfg = get_config(p)
+        t = toy_config(cfg)
+        assert t == with_overrides(cfg, toy_overrides(cfg))
+        assert (t.model.kind, t.model.in_channels, t.model.hidden, t.data.dataset, t.train.steps) == \
+            ("mlp", 2, cfg.toy.hidden, cfg.toy.dataset, cfg.toy.steps)
+        assert (t.diffusion, t.loss, t.train.seed) == (cfg.diffusion, cfg.loss, cfg.train.seed)
+
+
+def test_validation_covers_sections_generically():
+    from dataclasses import replace
+
+    from lib.config import validate
+
+    bad = replace(get_config("ci"), eval=replace(get_config("ci").eval, n_boot="many"))
+    with pytest.raises(ConfigError, match="eval.n_boot: expected an integer"):
+        validate(bad)
+
+
+def test_a_run_config_with_invalid_json_names_the_file(tmp_path):
+    from lib.config import load_json
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        load_json(tmp_path / "config.json")

@@ -131,7 +131,79 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "valid profiles: ci, cpu, gpu, paper" in capsys.readouterr().err
     assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path), "--set", "loss.tau=2"]) == 2
     assert "tau must lie in [0, 1]" in capsys.readouterr().err
-    assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path), "--set", "data.dataset=cifar10",
-                   "--set", "data.root=" + str(tmp_path)]) == 2
+    cifar = ["--set", "data.dataset=cifar10", "--set", "model.in_channels=3", "--set", "model.out_ch=3",
+             "--set", "data.image_size=8", "--set", "data.root=" + str(tmp_path)]
+    assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path / "run")] + cifar) == 2
     err = capsys.readouterr().err
     assert "cifar" in err.lower() and str(tmp_path) in err and "Traceback" not in err
+
+
+class _OldEMA:
+    """The EMA as it was before the ramp-up (lerp towards the weights by 1 - decay): the reference."""
+
+    def __init__(self, model, decay):
+        self.decay, self.shadow = decay, {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _drift(model, g):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+
+
+def test_ema_without_rampup_is_the_plain_ema_bit_for_bit():
+    from lib.factory import build_model
+
+    model = build_model(toy().model)
+    new, old, g = T.EMA(model, 0.999, rampup=0.0), _OldEMA(model, 0.999), torch.Generator().manual_seed(0)
+    for _ in range(25):
+        _drift(model, g)
+        new.update(model)
+        old.update(model)
+    assert same_state(new.state_dict(), old.shadow)
+    assert all(new.beta(n) == 0.999 for n in (1, 10, 10**6))
+
+
+def test_ema_rampup_follows_edms_half_life_rule():
+    import math
+
+    from lib.factory import build_model
+
+    model = build_model(toy().model)
+    decay, r = 0.999, 0.05
+    ema, g = T.EMA(model, decay, rampup=r), torch.Generator().manual_seed(1)
+    ref = {k: v.clone().double() for k, v in ema.state_dict().items()}
+    for n in range(1, 41):
+        _drift(model, g)
+        ema.update(model)
+        h = min(math.log(0.5) / math.log(decay), r * n)  # half-life in steps: at most r x the steps so far
+        beta = 0.5 ** (1 / h)
+        assert ema.beta(n) == pytest.approx(beta, rel=1e-12)
+        for k, v in model.state_dict().items():
+            ref[k] = beta * ref[k] + (1 - beta) * v.double()
+    assert all(torch.allclose(ema.state_dict()[k].double(), ref[k], atol=1e-5) for k in ref)
+    assert ema.beta(10**6) == pytest.approx(decay)  # late in a long run: the plain EMA again
+    assert ema.beta(1) < 1e-5  # the first update all but replaces the random initial weights
+
+
+def test_ema_rampup_resumes_bit_for_bit(tmp_path):
+    cfg = toy(**{"train.steps": 6, "train.ckpt_every": 2, "train.ema_rampup": 0.05})
+    full = ckpt.safe_load(T.train(cfg, "s2dm", tmp_path / "full", progress=False))
+    T.train(with_overrides(cfg, {"train.steps": 4}), "s2dm", tmp_path / "part", progress=False)
+    assert same_state(full, ckpt.safe_load(T.train(cfg, "s2dm", tmp_path / "part", progress=False)))
+    plain = ckpt.safe_load(T.train(with_overrides(cfg, {"train.ema_rampup": 0.0}), "s2dm", tmp_path / "p", progress=False))
+    assert not same_state(full, plain)
+
+
+def test_short_profiles_ramp_the_ema_in_and_long_ones_do_not():
+    from lib.config import get_config as gc
+    assert (gc("ci").train.ema_rampup, gc("cpu").train.ema_rampup) == (0.05, 0.05)
+    assert (gc("gpu").train.ema_rampup, gc("paper").train.ema_rampup) == (0.0, 0.0)

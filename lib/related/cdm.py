@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from lib import rundir
 from lib.losses import sample_t
 from lib.schedule import Schedule
 
@@ -150,21 +151,8 @@ def start_from(src_run, dst_run) -> int:
     """Copy the newest checkpoint of run ``src_run`` into the empty run directory ``dst_run``.
 
     lib.train then *resumes* from it (model, EMA, optimiser, data order, RNG states) under whatever arm
-    and config it is called with: a fine-tuning run through the one training path. Notebook 06 uses it
-    at small profiles, where training the CDM arm from scratch does not fit the time budget. Returns the
-    step copied; does nothing (and returns -1) when ``dst_run`` already holds checkpoints."""
-    import shutil
-    from pathlib import Path
-
-    from lib import checkpoint as ckpt
-
-    dst = Path(dst_run)
-    if ckpt.list_checkpoints(dst):
-        return -1
-    src = ckpt.list_checkpoints(src_run)
-    if not src:
-        raise FileNotFoundError(f"{src_run} holds no training checkpoint to start from; train it first (notebook 03_train)")
-    step = int(ckpt.CKPT_RE.match(src[-1].name).group(1))
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src[-1], ckpt.ckpt_path(dst, step))
-    return step
+    and config it is called with: a fine-tuning run through the one training path (the copy is recorded
+    in ``dst_run/seed.json``, lib.rundir.seed). Notebook 06 uses it at small profiles, where training the
+    CDM arm from scratch does not fit the time budget. Returns the step copied; does nothing (and
+    returns -1) when ``dst_run`` already holds checkpoints."""
+    return rundir.seed(src_run, dst_run)
