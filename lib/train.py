@@ -236,8 +236,11 @@ def _same_arm(out: Path, arm: str):
                           f"use another --out directory")
 
 
-def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
-    """Train ``arm`` under ``cfg`` into ``out_dir``; resume when checkpoints exist. Returns final.pt."""
+def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=None) -> Path:
+    """Train ``arm`` under ``cfg`` into ``out_dir``; resume when checkpoints exist. Returns final.pt.
+
+    ``init_from``: start from pretrained weights (a lib.pretrained source: a path or a checkpoint name;
+    model and EMA both), recorded with its checksum in run.json; a resumed run continues from its checkpoint."""
     from lib import data as data_mod
 
     out = Path(out_dir)
@@ -266,6 +269,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
     torch.manual_seed(T.seed)  # same initial weights on every rank and in every arm
     schedule = schedule_of(cfg)
     model = build_model(cfg.model).to(device)
+    init_record = _init_from(model, init_from)  # before the EMA copies the weights, and before resume
     if world > 1:  # the global RNG now only drives dropout: give each rank its own masks
         torch.manual_seed(T.seed + 1_000_003 * rank)
     if T.channels_last and not toy:
@@ -304,7 +308,8 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         ckpt.atomic_write_text(out / "config.json", cfg.to_json())
         ckpt.atomic_write_text(out / "run.json", json.dumps({
             "arm": arm, "world_size": world, "device": str(device), "torch": torch.__version__,
-            "python": platform.python_version(), "command": " ".join(sys.argv)}, indent=2))
+            "python": platform.python_version(), "command": " ".join(sys.argv),
+            **({"init_from": init_record} if init_record else {})}, indent=2))
         _truncate_log(out / "loss.csv", start)
 
     net = model
@@ -372,6 +377,13 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
     return final
 
 
+def _init_from(model, source):
+    if source is None:
+        return None
+    from lib.pretrained import init_weights  # the fine-tune hook (issue 12); lib.pretrained owns the logic
+    return init_weights(model, source)
+
+
 def _nonfinite(loss, step, arm, last_good):
     v = loss.item() if torch.is_tensor(loss) else loss
     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
@@ -415,6 +427,8 @@ def main(argv=None):
                    help="config override, e.g. --set train.steps=1000 (repeatable)")
     p.add_argument("--toy", action="store_true", help="train the 2-D toy model of the profile (toy.* settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", default=None, metavar="SOURCE",
+                   help="start from pretrained weights: a path or a lib.pretrained name (e.g. ema_cifar10)")
     a = p.parse_args(argv)
     try:
         cfg = get_config(a.profile)
@@ -422,8 +436,13 @@ def main(argv=None):
             from lib.config import toy_config
             cfg = toy_config(cfg)
         cfg = with_overrides(cfg, a.overrides)
-        final = train(cfg, a.arm, a.out, progress=not a.quiet)
+        final = train(cfg, a.arm, a.out, progress=not a.quiet, init_from=a.init_from)
     except (ConfigError, NonFiniteLoss, ckpt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:  # lib.pretrained's PretrainedError / PretrainedMissing
+        if a.init_from is None or type(e).__module__ != "lib.pretrained":
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # missing data etc.: message first, no raw download traceback
