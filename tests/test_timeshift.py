@@ -1,4 +1,4 @@
-"""Time-Shift sampler (lib/timeshift.py): the trivial setting is DDIM/F-PNDM bit for bit, the NFE is the
+"""Time-Shift sampler (lib/related/timeshift.py): the trivial setting is DDIM/F-PNDM bit for bit, the NFE is the
 base sampler's, the shift rule picks the variance-matching time in its window, and the two readings
 query the network where they say they do."""
 import pytest
@@ -57,7 +57,7 @@ def test_paper_defaults_per_step_count():
     assert timeshift.default_window(5) == 40 and timeshift.default_window(1000) == 2
     info = {}
     samplers.sample(mixture_model(), x_T(n=4), SCH, 20, "ts-ddim", info=info)
-    assert (info["ts_window"], info["ts_cutoff"], info["ts_query"]) == (30, 300, "shifted")
+    assert (info["ts_window"], info["ts_cutoff"], info["ts_query"]) == (30, 300, "nominal")  # the released reading
 
 
 def test_shifted_times_is_the_variance_matching_argmin_in_the_clipped_window():
