@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         rank, world, device = _init_distributed(a.device)
         model, cfg = load_model(a.run, device)
         s = cfg.sample
-        grid = a.grid or s.grid
+        grid = a.grid or samplers.grid_for(a.method, s.grid)  # Heun/Restart keep EDM's grid
         n = a.n or s.n_samples
         schedule = schedule_of(cfg)
         samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front
