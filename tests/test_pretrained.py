@@ -36,8 +36,8 @@ def diffusers_folder(tmp_path_factory):
 
 
 def test_diffusers_unet2d_loads_and_matches_its_forward(diffusers_folder):
-    """Tolerance: float32, |ours − diffusers| ≤ 1e-4 absolute on outputs of size ~1 (two implementations of
-    the same float32 arithmetic, attention through different kernels); measured ~1e-6."""
+    """Tolerance: float32, max |ours − diffusers| ≤ 2e-5 on outputs of magnitude ~2 (two implementations of
+    the same float32 arithmetic, attention through different kernels); measured 3–5e-6 on CPU."""
     folder, ref = diffusers_folder
     model, cfg = pretrained.load_unet(str(folder))
     assert not model.training and model.norm_groups == 32
@@ -49,7 +49,7 @@ def test_diffusers_unet2d_loads_and_matches_its_forward(diffusers_folder):
         with torch.no_grad():
             want = ref(x, t).sample
             got = model(x, t)
-        assert (got - want).abs().max() < 1e-4, (t, float((got - want).abs().max()))
+        assert (got - want).abs().max() < 2e-5, (t, float((got - want).abs().max()))
     # the t dependence is real (not a constant network), so the comparison at several t has teeth
     with torch.no_grad():
         assert (model(x, torch.tensor([10.0, 10.0])) - model(x, torch.tensor([900.0, 900.0]))).abs().max() > 1e-3
