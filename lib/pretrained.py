@@ -546,6 +546,8 @@ def fetch_profile(profile: str, root=None) -> list[str]:
     if cfg.data.dataset == "cifar10":
         p = fetch("ema_cifar10", root)
         done.append(f"ema_cifar10: {p} (MD5 verified)")
+    if not done:
+        done.append(f"profile {profile} needs no download (its data ship with the packages; metric {cfg.eval.metric})")
     return done
 
 
@@ -579,6 +581,13 @@ def main(argv=None) -> int:
     except (PretrainedError, PretrainedMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a dataset or FID file that could not be fetched: its own message says what to do
+        from lib.data import DatasetMissing
+        from lib.fid import FIDWeightsMissing
+        if isinstance(e, (DatasetMissing, FIDWeightsMissing)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -234,8 +234,9 @@ def _deis_coefficients_cached(schedule, pairs, ab_order):
 def deis(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, info=None, ab_order=3):
     """tAB-DEIS: exponential integrator in ε with Lagrange extrapolation in t (see deis_coefficients).
 
-    The defaults are the DEIS paper's: tAB3 on the quad grid (the grid when none is given; an explicit
-    ``grid`` is honoured)."""
+    The defaults follow the DEIS paper: tAB3, on a quadratic grid when no ``grid`` is given (an explicit one
+    is honoured). The quadratic grid here is the DDIM code's ``quad`` (it starts at 0.8 T); the DEIS code's
+    quadratic time grid spans the whole range up to T, which this project does not provide."""
     coefs = _deis_coefficients_cached(schedule, tuple(pairs), ab_order)  # once per (schedule, grid), float64
     x, hist = x_T, []
     for (t, t_next), (a, cs) in progress_iter(list(zip(pairs, coefs)), progress, "deis"):

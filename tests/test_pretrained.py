@@ -176,3 +176,29 @@ def test_train_init_from_starts_both_arms_from_the_same_weights_and_records_it(t
     # resuming a finished init-from run is a no-op, and the record stays
     train(cfg, "baseline", tmp_path / "baseline", progress=False, init_from=str(src))
     assert json.loads((runs["baseline"] / "run.json").read_text())["init_from"]["source"] == str(src)
+
+
+def test_fetch_verifies_the_checksum_keeps_nothing_bad_and_skips_what_is_in_place(tmp_path, monkeypatch):
+    """Offline: a file:// URL stands in for the download server."""
+    src = tmp_path / "served.ckpt"
+    torch.save(_small_ref().state_dict(), src)
+    good = dict(pretrained.CHECKPOINTS["ema_cifar10"], url=src.as_uri(), md5=pretrained.file_md5(src))
+    monkeypatch.setitem(pretrained.CHECKPOINTS, "ema_cifar10", good)
+    root = tmp_path / "repo"
+    dest = pretrained.fetch("ema_cifar10", root)
+    assert dest == root / "data" / "pretrained" / "ema_cifar10" / "model-790000.ckpt"
+    assert pretrained.file_md5(dest) == good["md5"]
+    mtime = dest.stat().st_mtime_ns
+    assert pretrained.fetch("ema_cifar10", root) == dest and dest.stat().st_mtime_ns == mtime  # skipped
+    model, _ = pretrained.load_unet("ema_cifar10", root=root)
+    assert pretrained.init_weights(model, "ema_cifar10", root=root)["md5"] == good["md5"]
+    # a wrong checksum: refused, and neither the file nor a partial download is kept
+    monkeypatch.setitem(pretrained.CHECKPOINTS, "ema_cifar10", dict(good, md5="0" * 32))
+    other = tmp_path / "other"
+    with pytest.raises(pretrained.PretrainedError, match="MD5"):
+        pretrained.fetch("ema_cifar10", other)
+    assert not any((other / "data" / "pretrained" / "ema_cifar10").glob("*"))
+    # an unreachable server: the message says where to place the file
+    monkeypatch.setitem(pretrained.CHECKPOINTS, "ema_cifar10", dict(good, url=(tmp_path / "gone").as_uri()))
+    with pytest.raises(pretrained.PretrainedMissing, match="place it at"):
+        pretrained.fetch("ema_cifar10", tmp_path / "third")

@@ -76,7 +76,7 @@ def heun_pass(eps_model, x: torch.Tensor, schedule: Schedule, times, *, progress
             ab[t_hat] = _ab(schedule, t_hat)
         c = ddim_from_ab(ab[t_hat], ab[tn])  # φ(t̂ → t'): the Euler step y' = y + (σ' − σ̂) ε
         e1 = eps_model(x, time_tensor(t_hat, x))  # d_i = ε_θ(x̂, t̂)
-        if tn < 0:  # to σ = 0: Euler (EDM Alg. 1: no correction at the last step)
+        if tn <= -1:  # to σ = 0 (t = −1): Euler (EDM Alg. 1: no correction at the last step)
             x = apply_ddim(x, e1, c)
             continue
         e2 = eps_model(apply_ddim(x, e1, c), time_tensor(tn, x))  # d'_i = ε_θ(Euler prediction, t')
