@@ -7,9 +7,9 @@ descending times, the last step going to t = -1, i.e. ᾱ = 1) and passes them t
 k-diffusion passes its sigmas; each method declares the grids it runs on (the DDIM code's
 ``uniform``/``quad``; Heun and Restart EDM's ``edm``/``edm-full``) and any other grid is refused, never
 ignored. Every solver speaks the ε-model contract ``eps_model(x, t) -> eps`` with ``t`` a float tensor
-``[N]`` on x's device. The network-evaluation
-count (NFE) of every run is measured by wrapping the model in :class:`NFECounter`; :func:`nfe`
-predicts it and the tests check that the two agree.
+``[N]`` on x's device. The network-evaluation count (NFE) of every run is measured by wrapping the
+model in :class:`NFECounter`; :func:`nfe` predicts it and the tests check that the two agree
+(tests/test_sampler_harness.py runs every generic check over all registered methods).
 
 All of them build on the DDIM transfer φ of :mod:`lib.transfer` (DDIM eq. 12 with σ_t(η)), whose
 coefficients are float64; the tensor arithmetic runs in x's dtype on x's device.
