@@ -202,3 +202,16 @@ def test_fetch_verifies_the_checksum_keeps_nothing_bad_and_skips_what_is_in_plac
     monkeypatch.setitem(pretrained.CHECKPOINTS, "ema_cifar10", dict(good, url=(tmp_path / "gone").as_uri()))
     with pytest.raises(pretrained.PretrainedMissing, match="place it at"):
         pretrained.fetch("ema_cifar10", tmp_path / "third")
+
+
+def test_train_cli_init_from_errors_are_one_line(tmp_path, capsys):
+    from lib import train as train_mod
+
+    assert train_mod.main(["--profile", "ci", "--arm", "baseline", "--out", str(tmp_path / "r"), "--quiet",
+                           "--init-from", str(tmp_path / "missing.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "known checkpoint name" in err and "Traceback" not in err
+    torch.save(_small_ref().state_dict(), tmp_path / "other.ckpt")  # a model of another architecture
+    assert train_mod.main(["--profile", "ci", "--arm", "baseline", "--out", str(tmp_path / "r2"), "--quiet",
+                           "--init-from", str(tmp_path / "other.ckpt")]) == 2
+    assert "error: " in capsys.readouterr().err
