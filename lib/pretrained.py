@@ -293,10 +293,15 @@ def _attn_name(rest: str) -> str:
 def load_state(source, *, entry: str = "ema", root=None) -> dict:
     """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
 
-    ``config`` is the ModelConfig a diffusers folder or a lib.train run states; None for bare weights
+    A named checkpoint with a published MD5 is verified first. ``config`` is the ModelConfig a diffusers
+    folder or a lib.train run states; None for bare weights
     (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers),
     None (this project's rule) for lib.train runs."""
     path, name = resolve(source, root)
+    known_md5 = CHECKPOINTS[name].get("md5") if name else None
+    if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
+        raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
+                              "corrupt or another checkpoint; delete it and fetch it again")
     if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
         from lib.config import load_json
         cfg = load_json(path / "config.json").model
@@ -426,11 +431,7 @@ def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=Non
                               f"norm_groups={model.norm_groups}")
     with torch.no_grad():
         _load_strict(model, st["state_dict"], st["path"])
-    known = CHECKPOINTS.get(st["name"] or "", {})
-    md5 = file_md5(st["path"])
-    if known.get("md5") and md5 != known["md5"]:
-        raise PretrainedError(f"{st['path']} has MD5 {md5}, but {st['name']} should have {known['md5']}: the file is "
-                              "corrupt or another checkpoint; delete it and fetch it again")
+    md5 = file_md5(st["path"])  # named checkpoints were checked against their published MD5 in load_state
     return {"source": str(source), "path": str(st["path"]), "layout": st["layout"], "entry": entry, "md5": md5}
 
 

@@ -151,10 +151,12 @@ def test_a_named_checkpoint_in_place_is_checked_against_its_md5(tmp_path):
     where = tmp_path / "data" / "pretrained" / "ema_cifar10" / "model-790000.ckpt"
     where.parent.mkdir(parents=True)
     torch.save(build_unet(CIFAR_CFG).state_dict(), where)  # right architecture, but not the released file
-    m, cfg = pretrained.load_unet("ema_cifar10", root=tmp_path)
-    assert cfg.dropout == 0.1 and cfg.resolution == 32
+    with pytest.raises(pretrained.PretrainedError, match="MD5"):
+        pretrained.load_unet("ema_cifar10", root=tmp_path)
     with pytest.raises(pretrained.PretrainedError, match="MD5"):
         pretrained.init_weights(build_unet(CIFAR_CFG), "ema_cifar10", root=tmp_path)
+    m, cfg = pretrained.load_unet(where)  # the same file by path: no published checksum applies
+    assert cfg.resolution == 32 and m.norm_groups == 32
 
 
 def test_train_init_from_starts_both_arms_from_the_same_weights_and_records_it(tmp_path):
