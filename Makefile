@@ -4,6 +4,8 @@
 #   make lab         JupyterLab at the repository root with this project's environment as the kernel
 #   make bench       speed benchmarks; results under bench/results/
 #   make hooks       once per clone: git stores notebooks without outputs (.gitattributes' filter)
+#   make fetch       download what a profile needs (PROFILE=gpu: CIFAR-10, FID weights, DDPM checkpoint)
+#   make gpu-check   the prepared GPU check (bench/gpu_check.py; --dry-run on a CPU)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,9 +13,9 @@ PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 LIB := $(wildcard lib/*.py lib/*/*.py)
 
-.PHONY: reproduce test lab bench venv check-python hooks clean-figures help
+.PHONY: reproduce test lab bench venv check-python hooks clean-figures help fetch gpu-check
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,9p' Makefile
 
 # ---------------------------------------------------------------- environment
 # The pins (numpy 2.4.6, scipy 1.17.1, pandas 3.1.1) have no wheels below Python 3.11: say so before
@@ -75,9 +77,16 @@ $(OUT)/04_sampler_sweeps.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/05_fid_tables.ipynb: $(OUT)/04_sampler_sweeps.ipynb
 $(OUT)/06_related_methods.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/07_interpolation.ipynb: $(OUT)/03_train.ipynb
+$(OUT)/08_pretrained.ipynb: $(OUT)/03_train.ipynb
 
 clean-figures:
 	rm -rf figures/$(PROFILE)
+
+# ---------------------------------------------------------------- explicit downloads (the only step that uses the network)
+# make fetch PROFILE=gpu: CIFAR-10, clean-fid's Inception weights and CIFAR-10 statistics, the DDPM CIFAR-10 EMA
+# checkpoint; each verified by checksum where one is published, skipped when already in place.
+fetch: $(VENV)/.stamp-run
+	$(PY) -m lib.pretrained fetch --profile $${PROFILE:-gpu}
 
 # ---------------------------------------------------------------- tests, lab, bench
 test: $(VENV)/.stamp-dev

@@ -77,7 +77,8 @@ def check_offline(mode: str, dataset: str = "cifar10", dataset_res: int = 32, sp
         raise FIDWeightsMissing(
             "Inception FID cannot run offline: clean-fid would try to download these files.\n"
             + "\n".join(missing)
-            + "\n(On a machine with network, clean-fid fetches them on first use; copy them to the paths above. "
+            + "\n(On a machine with network, `make fetch PROFILE=gpu` downloads them (clean-fid also fetches them on first "
+              "use); copy them to the paths above. "
               "Without them, use eval.metric=classifier, the offline classifier FD.)")
     return paths
 

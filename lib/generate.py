@@ -102,7 +102,7 @@ def save_samples(x: torch.Tensor, path) -> Path:
 
 # ---------------------------------------------------------------------------- command line
 def _option_value(value: str, default):
-    """A sampler option from the command line, typed like the option's default (eta=0.5, order=2)."""
+    """A sampler option from the command line, typed like the option's default (eta=0.5, ab_order=2)."""
     if isinstance(default, bool):
         if value.lower() not in ("true", "1", "yes", "false", "0", "no"):
             raise ValueError(f"expected a boolean (true/false), got {value!r}")
@@ -175,7 +175,7 @@ def argparser():
     p.add_argument("--seed", type=int, default=None, help="default: the run's sample.seed")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--set", dest="options", action="append", default=[], metavar="OPTION=VALUE",
-                   help="sampler option, e.g. --set eta=0.5 (ddim) or --set order=2 (deis); repeatable")
+                   help="sampler option, e.g. --set eta=0.5 (ddim) or --set ab_order=2 (deis); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         rank, world, device = _init_distributed(a.device)
         model, cfg = load_model(a.run, device)
         s = cfg.sample
-        grid = a.grid or s.grid
+        grid = a.grid or samplers.grid_for(a.method, s.grid)  # Heun/Restart keep EDM's grid
         n = a.n or s.n_samples
         schedule = schedule_of(cfg)
         samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lib import data, generate, metrics
+from lib import data, generate, metrics, samplers
 from lib.config import Config, toy_config, with_overrides
 from lib.paths import Paths
 from lib.factory import resolve_device, schedule_of
@@ -102,7 +102,7 @@ def _toy_sweep(cfg, paths, methods, steps, arms, grid, model_wrapper, tag, optio
                 for S in steps:
                     info = {}
                     x = generate.generate(eps_model, schedule, (2,), tcfg.sample.n_samples, method=method,
-                                          num_steps=S, grid=grid or tcfg.sample.grid,
+                                          num_steps=S, grid=samplers.grid_for(method, grid or tcfg.sample.grid),
                                           batch_size=tcfg.sample.batch_size, seed=tcfg.sample.seed,
                                           progress=False, info=info, **options)
                     m = metrics.toy_metrics(x, gmm, seed=seed)
@@ -191,7 +191,7 @@ def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str
     m = cfg.model
     info = {}
     x = generate.generate(eps_model, schedule, (m.in_channels, m.resolution, m.resolution), cfg.sample.n_samples,
-                          method=method, num_steps=steps, grid=grid or cfg.sample.grid,
+                          method=method, num_steps=steps, grid=samplers.grid_for(method, grid or cfg.sample.grid),
                           batch_size=cfg.sample.batch_size, seed=cfg.sample.seed, device=ev.device,
                           progress=progress, info=info, **options)
     generate.save_samples(x, samples_path(ev.paths, cfg, arm, label, steps))

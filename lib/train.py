@@ -286,6 +286,7 @@ class TrainState:
     loss_fn: object
     g_noise: torch.Generator
     device: torch.device
+    init_record: dict | None = None  # where the initial weights came from (--init-from), for run.json
 
 
 def _device(t, world: int) -> torch.device:
@@ -315,12 +316,13 @@ def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
     return problem is None
 
 
-def _build_state(cfg: Config, arm: str, device, rank: int, world: int) -> TrainState:
+def _build_state(cfg: Config, arm: str, device, rank: int, world: int, init_from=None) -> TrainState:
     """Fresh model, EMA, optimiser, data source and noise stream of a run (before any resume).
-    The one place where the weights are initialised."""
+    The one place where the weights are initialised: seeded, or from ``init_from`` (lib.pretrained)."""
     t = cfg.train
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every arm
     model = build_model(cfg.model).to(device)
+    init_record = _init_from(model, init_from)  # before the EMA copies the weights, and before resume
     if world > 1:  # the global RNG now only drives dropout: give each rank its own masks
         torch.manual_seed(t.seed + 1_000_003 * rank)
     if t.channels_last and cfg.model.kind == "unet":
@@ -329,7 +331,7 @@ def _build_state(cfg: Config, arm: str, device, rank: int, world: int) -> TrainS
     source = BatchSource(cfg.data, device, torch.Generator().manual_seed(t.seed + 1), rank, world, t.batch_size)
     g_noise = torch.Generator(device=device).manual_seed(t.seed * 7919 + 2 + rank)
     return TrainState(model, model, ema, make_optimizer(model, t, device), source,
-                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, device)
+                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, device, init_record)
 
 
 def _shapes_match(model: torch.nn.Module, sd: dict) -> bool:
@@ -462,10 +464,14 @@ def _wrap(st: TrainState, t, world: int):
 
 
 # ---------------------------------------------------------------------------- train
-def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
+def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=None) -> Path:
     """Train ``arm`` under ``cfg`` into ``out_dir``; resume when this run's checkpoints exist. Returns
     the verified ``final.pt``. The directory is claimed first (one process at a time), a finished run
-    of the same config and code is returned as it is, and a run of other training code is moved aside."""
+    of the same config and code is returned as it is, and a run of other training code is moved aside.
+
+    ``init_from``: start from pretrained weights (a lib.pretrained source: a path or a checkpoint name;
+    model and EMA both), recorded with its MD5 in run.json; a run directory started from other weights
+    is refused."""
     out = Path(out_dir)
     if arm not in ARMS:
         raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
@@ -475,16 +481,18 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True) -> Path:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {world} processes")
     code = training_code(cfg.model.kind, arm)
     with _claimed(out, rank, world):
+        _same_init(out, init_from)
         # 1. the directory: this run's, finished, stale (moved aside) or another run's (refused)
         if _on_rank0(lambda: _prepare(out, cfg, arm, code), rank, world):
             return out / "final.pt"
         # 2. fresh state, then this run's newest checkpoint
-        st = _build_state(cfg, arm, _device(t, world), rank, world)
+        st = _build_state(cfg, arm, _device(t, world), rank, world, init_from)
         start, last_good = _resume(out, st, cfg, arm, code, rank, world)
         if rank == 0:
             rundir.write_run_files(out, cfg, arm, code, {
                 "world_size": world, "device": str(st.device), "torch": torch.__version__,
-                "python": platform.python_version(), "command": " ".join(sys.argv)})
+                "python": platform.python_version(), "command": " ".join(sys.argv),
+                **({"init_from": st.init_record} if st.init_record else {})})
             _truncate_log(out / "loss.csv", start)
         # 3. the loop
         _wrap(st, t, world)
@@ -505,6 +513,27 @@ def _claimed(out: Path, rank: int, world: int):
     with contextlib.ExitStack() as stack:
         _on_rank0(lambda: stack.enter_context(rundir.claim(out)) and None, rank, world)
         yield
+
+
+def _init_from(model, source):
+    if source is None:
+        return None
+    from lib.pretrained import init_weights  # the fine-tune hook; lib.pretrained owns the logic
+    return init_weights(model, source)
+
+
+def _same_init(out: Path, source):
+    """A run directory holds one fine-tune: refuse to continue (or return) it from other initial weights."""
+    recorded = (rundir.read_json(out / "run.json") or {}).get("init_from")
+    if source is None or not (out / "run.json").exists():
+        return
+    from lib.pretrained import file_md5, resolve
+
+    md5 = file_md5(resolve(source)[0])
+    if recorded is None or recorded.get("md5") != md5:
+        was = f"{recorded['source']} (MD5 {recorded['md5']})" if recorded else "its own random initialisation"
+        raise ConfigError(f"{out} holds a run started from {was}, not from {source} (MD5 {md5}); "
+                          f"use another --out directory")
 
 
 def _nonfinite(loss, step, arm, last_good):
@@ -562,17 +591,24 @@ def main(argv=None):
                    help="config override, e.g. --set train.steps=1000 (repeatable)")
     p.add_argument("--toy", action="store_true", help="train the 2-D toy model of the profile (toy.* settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", default=None, metavar="SOURCE",
+                   help="start from pretrained weights: a path or a lib.pretrained name (e.g. ema_cifar10)")
     a = p.parse_args(argv)
     try:
         cfg = get_config(a.profile)
         if a.toy:  # overrides apply to the toy configuration (train.steps is then the toy's)
             cfg = toy_config(cfg)
         cfg = with_overrides(cfg, a.overrides)
-        final = train(cfg, a.arm, a.out, progress=not a.quiet)
+        final = train(cfg, a.arm, a.out, progress=not a.quiet, init_from=a.init_from)
     except (ConfigError, NonFiniteLoss, ckpt.CheckpointError, rundir.RunDirError, DatasetMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
+    except (ValueError, OSError) as e:
+        if type(e).__module__ == "lib.pretrained":  # PretrainedError / PretrainedMissing: already one line
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(e, OSError):
+            raise
         print(f"error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

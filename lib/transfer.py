@@ -3,7 +3,7 @@
     x_{t'} = √ᾱ_{t'} x̂_0 + √(1-ᾱ_{t'}-σ²) ε + σ z,   x̂_0 = (x_t - √(1-ᾱ_t) ε)/√ᾱ_t   (DDIM eq. 12, no clipping)
 
 At η = 0 it is exact for a constant ε: in y = x/√ᾱ and σ(t) = √((1-ᾱ_t)/ᾱ_t) the probability-flow
-ODE reads dy/dσ = ε, and φ is its Euler step y' = y + (σ' - σ) ε. DDIM, PNDM, DEIS (lib.solvers),
+ODE reads dy/dσ = ε, and φ is its Euler step y' = y + (σ' - σ) ε. DDIM, PNDM, DEIS (lib.samplers),
 Time-Shift and Restart (lib.related) all step through :func:`apply_ddim` with coefficients from
 :func:`ab_table`, so a neighbour at its trivial setting reproduces its base sampler bit for bit.
 Coefficients are float64 (Python floats); tensor arithmetic runs in x's dtype on x's device.
@@ -17,7 +17,8 @@ import torch
 from lib.schedule import Schedule
 
 __all__ = ["time_tensor", "progress_iter", "ab_table", "grid_table", "lincomb", "noise_like", "ddim_from_ab",
-           "ddim_coefficients", "apply_ddim", "ddim_step", "check_eta", "pndm_midpoint"]
+           "ddim_coefficients", "apply_ddim", "ddim_step", "check_eta", "pndm_midpoint", "GRIDS", "DDIM_GRIDS",
+           "EDM_GRIDS", "EDM_SIGMA_MAX", "EDM_SIGMA_MIN", "edm_sigmas", "edm_times", "time_pairs"]
 
 
 def time_tensor(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -114,3 +115,62 @@ def pndm_midpoint(t: int, t_next: int) -> int:
     transfers x to t - ⌊Δ/2⌋ but evaluates the model at t' + ⌊Δ/2⌋, one step lower.)
     """
     return int(t) - (int(t) - int(t_next)) // 2
+
+
+# ============================================================================ time grids
+# A sampler receives its grid as (t, t') pairs (k-diffusion passes sigmas the same way); sample() builds
+# them from (num_steps, grid) and refuses a grid the method does not run on.
+DDIM_GRIDS = ("uniform", "quad")  # the DDIM code's integer grids (Schedule.timesteps)
+EDM_GRIDS = ("edm", "edm-full")  # EDM's ρ = 7 grid in σ, fractional times
+GRIDS = DDIM_GRIDS + EDM_GRIDS
+EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_RHO = 80.0, 0.002, 7.0  # EDM's (and the Restart code's) CIFAR-10 VP setting
+
+
+def edm_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = EDM_RHO) -> torch.Tensor:
+    """EDM's noise levels (EDM eq. 5): n values from sigma_max down to sigma_min, float64."""
+    if n < 1 or not 0 < sigma_min <= sigma_max or rho <= 0:
+        raise ValueError(f"need n >= 1, 0 < sigma_min <= sigma_max and rho > 0; got n={n}, "
+                         f"sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho}")
+    if n == 1:
+        return torch.tensor([float(sigma_max)], dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64)
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    s = (a + i / (n - 1) * (b - a)) ** rho
+    s[0], s[-1] = sigma_max, sigma_min  # exact endpoints
+    return s
+
+
+def edm_times(schedule: Schedule, num_steps: int, grid: str = "edm", rho: float = EDM_RHO) -> torch.Tensor:
+    """The N = ``num_steps`` times (fractional, float64, descending) of an EDM grid.
+
+    * ``edm``: σ from min(80, σ(T−1)) to 0.002, EDM's and the released Restart code's CIFAR-10 VP
+      setting (σ_max = min(80, the network's), σ_min = max(0.002, the network's); the ε-model contract
+      covers t ∈ [−1, T−1], i.e. σ ≥ 0, so σ_min = 0.002 lies at t ≈ −0.96, below the DDPM network's
+      smallest trained time t = 0 (σ = 0.01): only the last grid point is there).
+    * ``edm-full``: σ from σ(T−1) to σ(0) with t_0 = T−1 and t_{N−1} = 0 exactly, the whole trained range
+      (this project's Heun/Restart grid before issue 12)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps (the number N of EDM grid points) must be a positive integer, got {num_steps!r}")
+    s_top = float(schedule.sigma(schedule.T - 1))
+    if grid == "edm":
+        return schedule.t_from_sigma(edm_sigmas(min(EDM_SIGMA_MAX, s_top), EDM_SIGMA_MIN, num_steps, rho))
+    if grid != "edm-full":
+        raise ValueError(f"unknown EDM grid {grid!r}; valid: {', '.join(EDM_GRIDS)}")
+    t = schedule.t_from_sigma(edm_sigmas(s_top, float(schedule.sigma(0)), num_steps, rho)).clamp(0.0, schedule.T - 1)
+    t[0] = schedule.T - 1
+    if num_steps > 1:
+        t[-1] = 0.0
+    return t
+
+
+def time_pairs(schedule: Schedule, num_steps: int, grid: str) -> list[tuple]:
+    """The (t, t') pairs of a named grid, the last going to t' = −1 (ᾱ = 1, σ = 0).
+
+    ``uniform``/``quad``: :meth:`lib.schedule.Schedule.step_pairs` (integers); ``edm``/``edm-full``:
+    :func:`edm_times` (floats)."""
+    if grid in DDIM_GRIDS:
+        return schedule.step_pairs(num_steps, grid)
+    if grid in EDM_GRIDS:
+        ts = edm_times(schedule, num_steps, grid).tolist()
+        return list(zip(ts, ts[1:] + [-1.0]))
+    raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)}")

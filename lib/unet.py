@@ -66,8 +66,13 @@ def num_groups(channels: int) -> int:
     return max([g for g in range(1, min(32, channels // 4) + 1) if channels % g == 0], default=1)
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups(channels), channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm(eps 1e-6) with ``groups`` groups, or :func:`num_groups` of C when ``groups`` is None."""
+    g = num_groups(channels) if groups is None else groups
+    if channels % g:
+        raise ValueError(f"GroupNorm with {g} groups needs a channel count divisible by {g}, got {channels}; "
+                         "use norm_groups=None (this project's rule) or widths that are multiples of it")
+    return nn.GroupNorm(g, channels, eps=1e-6, affine=True)
 
 
 def _like(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -110,13 +115,14 @@ class Downsample(nn.Module):
 class ResnetBlock(nn.Module):
     """x + conv2(drop(swish(GN(conv1(swish(GN(x))) + W·swish(temb))))); a 1×1 shortcut if C changes."""
 
-    def __init__(self, *, in_channels: int, out_channels: int, temb_channels: int, dropout: float):
+    def __init__(self, *, in_channels: int, out_channels: int, temb_channels: int, dropout: float,
+                 norm_groups: int | None = None):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1)
         self.temb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1)
         if in_channels != out_channels:
@@ -138,9 +144,9 @@ class AttnBlock(nn.Module):
     reference code's explicit bmm-softmax-bmm but uses fused kernels where available.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int | None = None):
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -157,11 +163,20 @@ class AttnBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """The DDPM/DDIM ε-network ``forward(x, t) -> eps`` (x ``[N,C,H,W]``, t ``[N]`` on the 0..T-1 scale)."""
+    """The DDPM/DDIM ε-network ``forward(x, t) -> eps`` (x ``[N,C,H,W]``, t ``[N]`` on the 0..T-1 scale).
+
+    ``norm_groups``: None gives every GroupNorm :func:`num_groups` of its width (32 for all released
+    widths); an integer fixes the group count, e.g. 32 as the reference code always uses, which
+    :mod:`lib.pretrained` sets when it loads a reference checkpoint (the count is not in the weights)."""
 
     def __init__(self, *, in_channels: int, out_ch: int, resolution: int, ch: int, ch_mult, num_res_blocks: int,
-                 attn_resolutions, dropout: float, resamp_with_conv: bool = True):
+                 attn_resolutions, dropout: float, resamp_with_conv: bool = True, norm_groups: int | None = None):
         super().__init__()
+        if norm_groups is not None and (isinstance(norm_groups, bool) or not isinstance(norm_groups, int)
+                                        or norm_groups < 1):
+            raise ValueError(f"norm_groups must be None or a positive integer, got {norm_groups!r}")
+        self.norm_groups = norm_groups
+        G = norm_groups
         ch_mult = tuple(int(m) for m in ch_mult)
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         L = len(ch_mult)
@@ -196,10 +211,10 @@ class UNet(nn.Module):
             block_in, block_out = ch * in_ch_mult[i], ch * ch_mult[i]
             for _ in range(num_res_blocks):
                 level.block.append(ResnetBlock(in_channels=block_in, out_channels=block_out,
-                                               temb_channels=self.temb_ch, dropout=dropout))
+                                               temb_channels=self.temb_ch, dropout=dropout, norm_groups=G))
                 block_in = block_out
                 if level_res[i] in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, G))
                 skip_chs.append(block_in)
             if i != L - 1:
                 level.downsample = Downsample(block_in, resamp_with_conv)
@@ -208,10 +223,10 @@ class UNet(nn.Module):
 
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+                                       dropout=dropout, norm_groups=G)
+        self.mid.attn_1 = AttnBlock(block_in, G)
         self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
+                                       dropout=dropout, norm_groups=G)
 
         # decoder: num_res_blocks + 1 blocks per level, each consuming one skip (innermost first)
         self.num_skips = len(skip_chs)
@@ -223,17 +238,17 @@ class UNet(nn.Module):
             block_out = ch * ch_mult[i]
             for _ in range(num_res_blocks + 1):
                 level.block.append(ResnetBlock(in_channels=block_in + pending.pop(), out_channels=block_out,
-                                               temb_channels=self.temb_ch, dropout=dropout))
+                                               temb_channels=self.temb_ch, dropout=dropout, norm_groups=G))
                 block_in = block_out
                 if level_res[i] in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, G))
             if i != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
             up.insert(0, level)  # index by level, as the reference code does
         assert not pending, "every encoder skip must be consumed by the decoder"
         self.up = nn.ModuleList(up)
 
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, G)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, stride=1, padding=1)
         self._skip_rho = None
 
@@ -289,12 +304,12 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def build_unet(model_cfg) -> UNet:
-    """The UNet of a ``lib.config.ModelConfig`` (kind 'unet')."""
+def build_unet(model_cfg, norm_groups: int | None = None) -> UNet:
+    """The UNet of a ``lib.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`."""
     kind = getattr(model_cfg, "kind", "unet")
     if kind != "unet":
         raise ValueError(f"build_unet got model.kind={kind!r}; use lib.mlp.build_mlp for 'mlp'")
     return UNet(in_channels=model_cfg.in_channels, out_ch=model_cfg.out_ch, resolution=model_cfg.resolution,
                 ch=model_cfg.ch, ch_mult=model_cfg.ch_mult, num_res_blocks=model_cfg.num_res_blocks,
                 attn_resolutions=model_cfg.attn_resolutions, dropout=model_cfg.dropout,
-                resamp_with_conv=model_cfg.resamp_with_conv)
+                resamp_with_conv=model_cfg.resamp_with_conv, norm_groups=norm_groups)

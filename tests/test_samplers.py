@@ -117,9 +117,9 @@ def test_spndm_equals_diffusers_plms_truncated_to_second_order(S):
 
 
 @pytest.mark.parametrize("grid,S", [("uniform", 10), ("uniform", 30), ("quad", 50)])
-def test_deis_order1_is_ddim_bit_for_bit(grid, S):
+def test_deis_tab0_is_ddim_bit_for_bit(grid, S):
     model, x = mixture_model(), x_T()
-    a = samplers.sample(model, x, SCH, S, "deis", grid=grid, order=1)
+    a = samplers.sample(model, x, SCH, S, "deis", grid=grid, ab_order=0)
     b = samplers.sample(model, x, SCH, S, "ddim", grid=grid)
     assert torch.equal(a, b)
 
@@ -148,21 +148,21 @@ def test_deis_weights_integrate_polynomials_exactly(t, t_next, nodes):
 
 def test_deis_coefficients_partition_of_unity_and_warmup():
     pairs = SCH.step_pairs(20, "quad")
-    coefs = samplers.deis_coefficients(SCH, pairs, order=3)
+    coefs = samplers.deis_coefficients(SCH, pairs, ab_order=2)
     sizes = [len(c) for _, c in coefs]
     assert sizes[:3] == [1, 2, 3] and set(sizes[3:]) <= {1, 3}
     for (t, t_next), (a, cs) in zip(pairs, coefs):
         a_ddim, b_ddim, _ = samplers.ddim_coefficients(SCH, t, t_next)
         assert a == pytest.approx(a_ddim, rel=1e-14) and sum(cs) == pytest.approx(b_ddim, rel=1e-12, abs=1e-15)
-    with pytest.raises(ValueError, match="order"):
-        samplers.deis_coefficients(SCH, pairs, order=5)
+    with pytest.raises(ValueError, match="ab_order"):
+        samplers.deis_coefficients(SCH, pairs, ab_order=4)
 
 
 def test_deis_handles_repeated_quad_times():
     # quad with S = 100 repeats t = 0 (DDIM-code quirk): no coincident Lagrange nodes, finite output.
     pairs = SCH.step_pairs(100, "quad")
     assert sum(t == tn for t, tn in pairs) > 0
-    out = samplers.sample(mixture_model(), x_T(), SCH, 100, "deis", grid="quad", order=4)
+    out = samplers.sample(mixture_model(), x_T(), SCH, 100, "deis", grid="quad", ab_order=3)
     assert torch.isfinite(out).all()
 
 
@@ -195,14 +195,14 @@ def test_convergence_orders_on_gaussian_data(grid):
     steps = GRIDS[grid]
     e_ddim = rel_errors("ddim", grid, steps)
     assert 0.85 < slope(steps, e_ddim) < 1.15  # DDIM = Euler in (y, σ): first order
-    for method, opts, min_slope in [("spndm", {}, 1.5), ("deis", {"order": 2}, 1.6), ("deis", {"order": 3}, 2.0)]:
+    for method, opts, min_slope in [("spndm", {}, 1.5), ("deis", {"ab_order": 1}, 1.6), ("deis", {"ab_order": 2}, 2.0)]:
         e = rel_errors(method, grid, steps, **opts)
         assert slope(steps, e) > min_slope, (method, opts, e)
         assert (e < e_ddim / 2).all(), (method, opts)
     e_pndm = rel_errors("pndm", grid, steps)
     if grid == "quad":
         assert slope(steps, e_pndm) > 2.3
-        assert slope(steps, rel_errors("deis", grid, steps, order=4)) > 2.3
+        assert slope(steps, rel_errors("deis", grid, steps, ab_order=3)) > 2.3
     else:
         # On the uniform grid ε ∝ √(1-ᾱ_t) has a √ singularity at t = -1 and the last step (0 → -1) is
         # shorter than the multistep assumes, which caps F-PNDM's measured slope (~1.4); it still beats
@@ -263,14 +263,16 @@ def test_unknown_method_and_options_are_rejected_with_the_valid_ones():
         samplers.nfe("dpm", 10)
     with pytest.raises(ValueError, match=r"unknown option.*'order'.*valid options: eta"):
         samplers.sample(model, x, SCH, 10, "ddim", order=2)
-    with pytest.raises(ValueError, match="valid options: order"):
+    with pytest.raises(ValueError, match=r"unknown option.*'order'.*valid options: ab_order"):
+        samplers.sample(model, x, SCH, 10, "deis", order=3)  # the old name is refused, not reinterpreted
+    with pytest.raises(ValueError, match="valid options: ab_order"):
         samplers.nfe("deis", 10, eta=0.5)
     with pytest.raises(ValueError, match="valid options: none"):
         samplers.sample(model, x, SCH, 10, "pndm", eta=0.0)
     with pytest.raises(ValueError, match="eta"):
         samplers.sample(model, x, SCH, 10, "ddim", eta=1.5)
-    with pytest.raises(ValueError, match="order"):
-        samplers.sample(model, x, SCH, 10, "deis", order=0)
+    with pytest.raises(ValueError, match="ab_order"):
+        samplers.sample(model, x, SCH, 10, "deis", ab_order=4)
     with pytest.raises(ValueError, match="grid"):
         samplers.sample(model, x, SCH, 10, "ddim", grid="cosine")
     with pytest.raises(ValueError, match="shaped like x"):
@@ -278,10 +280,10 @@ def test_unknown_method_and_options_are_rejected_with_the_valid_ones():
 
 
 def test_register_adds_a_method_with_its_options_and_nfe():
-    def twice_ddim(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=False, info=None, scale=1.0):
+    def twice_ddim(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, info=None, scale=1.0):
         """Evaluates ε twice per step (a stand-in for a later module's method)."""
         x = x_T
-        for t, t_next in samplers.progress_iter(schedule.step_pairs(num_steps, grid), progress):
+        for t, t_next in samplers.progress_iter(pairs, progress):
             tt = samplers.time_tensor(t, x)
             eps = (eps_model(x, tt) + eps_model(x, tt)) / 2
             x = samplers.ddim_step(x, scale * eps, schedule, t, t_next)
@@ -289,8 +291,7 @@ def test_register_adds_a_method_with_its_options_and_nfe():
         return x
 
     try:
-        samplers.register("twice", twice_ddim, lambda schedule, num_steps, grid, scale=1.0:
-                          2 * len(schedule.timesteps(num_steps, grid)))
+        samplers.register("twice", twice_ddim, lambda schedule, pairs, scale=1.0: 2 * len(pairs))
         assert samplers.METHODS["twice"].options == {"scale": 1.0}
         model, x, info = mixture_model(), x_T(), {}
         out = samplers.sample(model, x, SCH, 10, "twice", info=info, progress=True)

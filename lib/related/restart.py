@@ -1,25 +1,29 @@
 """EDM's Heun sampler and Restart sampling (Xu et al., NeurIPS 2023, arXiv 2306.14878) on the VP schedule.
 
-Both work on EDM's σ grid (ρ = 7) between the schedule's own σ_max = σ(T−1) and σ_min = σ(0),
+Both run on an EDM grid (ρ = 7, :func:`lib.transfer.edm_times`) handed to them as (t, t') pairs,
+fractional times t_i = schedule.t_from_sigma(σ_i) with the last step to t = −1 (σ = 0):
 
-    σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,  i = 0 … N−1,  then σ_N = 0,
+* ``edm`` (default): σ from min(80, σ(T−1)) = 80 to 0.002, the released Restart code's CIFAR-10 VP grid;
+* ``edm-full``: σ(T−1) = 157.4 to σ(0) = 0.01 (t from T−1 to 0), this project's grid before issue 12.
 
-converted to fractional times t_i = schedule.t_from_sigma(σ_i) (t_0 = T−1, t_{N−1} = 0, t_N = −1).
 In y = x/√ᾱ the probability-flow ODE is dy/dσ = ε, and the DDIM transfer φ is its exact Euler step;
-**Heun** (EDM Algorithm 1 without churn) takes e₁ = ε(x, t_i), e₂ = ε(φ(x, e₁, t_i→t_{i+1}), t_{i+1}),
+**Heun** (EDM Algorithm 1) takes e₁ = ε(x, t_i), e₂ = ε(φ(x, e₁, t_i→t_{i+1}), t_{i+1}),
 x ← φ(x, (e₁ + e₂)/2, t_i→t_{i+1}), and a plain Euler step to σ = 0: NFE = 2N − 1.
 
-**Restart** runs the same main pass; on reaching the grid point nearest to ``sigma_min`` (σ_lo, as the
-released code picks it) it repeats K times: a forward jump to σ_hi = ``sigma_max``, exact in VP terms,
+**Restart** (Xu et al. Algorithm 1) runs the same main pass; on reaching the grid point nearest to
+``sigma_min`` (σ_lo; the released code rounds t_min to the main grid the same way: 0.06 → 0.0599 on
+the ``edm`` grid) it repeats K times: a forward jump to σ_hi = ``sigma_max`` (exact, no rounding),
 
-    x ← √(ᾱ_hi/ᾱ_lo) x + √(1 − ᾱ_hi/ᾱ_lo) ξ        (= y + √(σ_hi² − σ_lo²) ξ in y),
+    x ← √(ᾱ_hi/ᾱ_lo) x + √(1 − ᾱ_hi/ᾱ_lo) s_noise ξ        (= y + √(σ_hi² − σ_lo²) s_noise ξ in y),
 
-then Heun back down to σ_lo on an EDM grid of N_R points: NFE = 2N − 1 + K·2(N_R − 1). The defaults
-are the paper's CIFAR-10 VP setting (N_R = 3, K = 2, [σ_min, σ_max] = [0.06, 0.30], t ≈ 14 … 88 here).
-The restart backward pass is the pure ODE (the released code optionally adds a small churn; not used).
+then Heun back down to σ_lo on an EDM grid of N_R points, each step with the released code's churn
+(EDM Algorithm 2 inside the restart interval): where s_min ≤ σ_i ≤ s_max, first raise the noise to
+σ̂ = (1 + γ)σ_i by the same exact jump, then take the Heun step from σ̂ to σ_{i+1}. NFE = 2N − 1 +
+K·2(N_R − 1) (churn costs no evaluation). Defaults: the released CIFAR-10 VP setting (N_R = 3, K = 2,
+[σ_min, σ_max] = [0.06, 0.30], γ = 0.05, s_min = 0.01, s_max = 1, s_noise = 1). Before issue 12 this
+project ran ``grid="edm-full", gamma=0`` (still reachable: those options).
 
-The ``grid`` argument of :func:`lib.samplers.sample` does not apply (always the EDM grid);
-``num_steps`` is N. lib.samplers registers ``heun`` and ``restart``.
+``num_steps`` is N. lib.samplers registers ``heun`` and ``restart`` (grids ``edm``, ``edm-full``).
 """
 from __future__ import annotations
 
@@ -27,58 +31,56 @@ import math
 
 import torch
 
-# Shared with the other solvers: the DDIM transfer φ with float64 coefficients (lib.transfer).
-from lib.transfer import apply_ddim, ddim_from_ab, progress_iter, time_tensor
+# Shared with the other solvers: the DDIM transfer φ with float64 coefficients and the EDM grid (lib.transfer).
+from lib.transfer import apply_ddim, ddim_from_ab, edm_sigmas, edm_times, noise_like, progress_iter, time_tensor
 from lib.schedule import Schedule
 
-__all__ = ["nfe_heun", "nfe_restart", "edm_sigmas", "heun_times", "heun_pass", "jump_coefficients", "restart_jump", "heun", "restart"]
+__all__ = ["nfe_heun", "nfe_restart", "edm_sigmas", "heun_times", "heun_pass", "jump_coefficients", "restart_jump",
+           "heun", "restart", "RELEASED"]
+
+# The released code's CIFAR-10 VP restart setting: N_R, K, [t_min, t_max], restart_gamma, S_min, S_max, S_noise.
+RELEASED = dict(n_r=3, k=2, sigma_min=0.06, sigma_max=0.30, gamma=0.05, s_min=0.01, s_max=1.0, s_noise=1.0)
 
 
-def edm_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> torch.Tensor:
-    """EDM's noise levels (EDM eq. 5): n values from sigma_max down to sigma_min, float64."""
-    if n < 1 or not 0 < sigma_min <= sigma_max or rho <= 0:
-        raise ValueError(f"need n >= 1, 0 < sigma_min <= sigma_max and rho > 0; got n={n}, "
-                         f"sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho}")
-    if n == 1:
-        return torch.tensor([float(sigma_max)], dtype=torch.float64)
-    i = torch.arange(n, dtype=torch.float64)
-    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    s = (a + i / (n - 1) * (b - a)) ** rho
-    s[0], s[-1] = sigma_max, sigma_min  # exact endpoints
-    return s
+def heun_times(schedule: Schedule, num_steps: int, rho: float = 7.0, grid: str = "edm-full") -> torch.Tensor:
+    """The N main-pass times of an EDM grid (default ``edm-full``: T−1 down to 0; see lib.transfer.edm_times)."""
+    return edm_times(schedule, num_steps, grid, rho)
 
 
-def heun_times(schedule: Schedule, num_steps: int, rho: float = 7.0) -> torch.Tensor:
-    """The N main-pass times t_i (fractional, float64) from T−1 down to 0, EDM-spaced in σ."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps (the number N of EDM grid points) must be a positive integer, got {num_steps!r}")
-    s_max, s_min = float(schedule.sigma(schedule.T - 1)), float(schedule.sigma(0))
-    t = schedule.t_from_sigma(edm_sigmas(s_max, s_min, num_steps, rho)).clamp(0.0, schedule.T - 1)
-    t[0] = schedule.T - 1
-    if num_steps > 1:
-        t[-1] = 0.0
-    return t
+def _ab(schedule: Schedule, t: float) -> float:
+    # ᾱ one time at a time: a value must not depend on which other times share its tensor (vectorised
+    # and scalar exp can differ in the last bit), so a split pass (Restart, K = 0) equals one whole pass.
+    return float(schedule.alpha_bar(torch.tensor(float(t), dtype=torch.float64)))
 
 
-def heun_pass(eps_model, x: torch.Tensor, schedule: Schedule, times, *, progress: bool = False) -> torch.Tensor:
+def heun_pass(eps_model, x: torch.Tensor, schedule: Schedule, times, *, progress: bool = False,
+              churn: tuple | None = None, generator=None) -> torch.Tensor:
     """Integrate the probability-flow ODE along ``times`` (descending) with Heun's method in σ.
 
     Every step uses the second-order correction except a final step to t = −1 (σ = 0), which is an
-    Euler step as in EDM (ε at σ = 0 is undefined). 2 evaluations per step, 1 for that last one."""
+    Euler step as in EDM (ε at σ = 0 is undefined). 2 evaluations per step, 1 for that last one.
+    ``churn = (γ, s_min, s_max, s_noise)``: EDM Algorithm 2's noise increase before each step whose σ_i
+    lies in [s_min, s_max] (γ = 0: none, and no noise is drawn)."""
     ts = [float(t) for t in times]
     if any(b >= a for a, b in zip(ts, ts[1:])):
         raise ValueError(f"times must be strictly decreasing, got {ts}")
-    # ᾱ one time at a time: a value must not depend on which other times share its tensor (vectorised
-    # and scalar exp can differ in the last bit), so a split pass (Restart, K = 0) equals one whole pass.
-    ab = {t: float(schedule.alpha_bar(torch.tensor(t, dtype=torch.float64))) for t in ts}
+    ab = {t: _ab(schedule, t) for t in ts}
+    gamma, s_min, s_max, s_noise = churn if churn is not None else (0.0, 0.0, 0.0, 1.0)
     for t, tn in progress_iter(list(zip(ts, ts[1:])), progress, "heun"):
-        c = ddim_from_ab(ab[t], ab[tn])
-        e1 = eps_model(x, time_tensor(t, x))
-        if tn < 0:  # to σ = 0: Euler
+        t_hat = t
+        if gamma > 0 and s_min <= math.sqrt((1 - ab[t]) / ab[t]) <= s_max:
+            # EDM Alg. 2: σ̂ = (1 + γ) σ_i, x̂ = x + √(σ̂² − σ_i²) S_noise z (in y), here the exact VP jump t → t̂
+            t_hat = float(schedule.t_from_sigma(torch.tensor((1 + gamma) * math.sqrt((1 - ab[t]) / ab[t]),
+                                                             dtype=torch.float64)))
+            x = restart_jump(x, schedule, t, t_hat, generator, scale=s_noise)
+            ab[t_hat] = _ab(schedule, t_hat)
+        c = ddim_from_ab(ab[t_hat], ab[tn])  # φ(t̂ → t'): the Euler step y' = y + (σ' − σ̂) ε
+        e1 = eps_model(x, time_tensor(t_hat, x))  # d_i = ε_θ(x̂, t̂)
+        if tn <= -1:  # to σ = 0 (t = −1): Euler (EDM Alg. 1: no correction at the last step)
             x = apply_ddim(x, e1, c)
             continue
-        e2 = eps_model(apply_ddim(x, e1, c), time_tensor(tn, x))
-        x = apply_ddim(x, (e1 + e2) / 2, c)
+        e2 = eps_model(apply_ddim(x, e1, c), time_tensor(tn, x))  # d'_i = ε_θ(Euler prediction, t')
+        x = apply_ddim(x, (e1 + e2) / 2, c)  # second-order correction: x' = φ(x̂, (d_i + d'_i)/2, t̂ → t')
     return x
 
 
@@ -86,74 +88,71 @@ def jump_coefficients(schedule: Schedule, t_lo: float, t_hi: float) -> tuple[flo
     """(a, b) of the exact forward jump x_hi = a x_lo + b ξ: a = √(ᾱ_hi/ᾱ_lo), b = √(1 − ᾱ_hi/ᾱ_lo)."""
     if not t_hi > t_lo:
         raise ValueError(f"a forward jump needs t_hi > t_lo, got t_lo={t_lo}, t_hi={t_hi}")
-    ab_lo, ab_hi = schedule.alpha_bar(torch.tensor([t_lo, t_hi], dtype=torch.float64)).tolist()
+    ab_lo, ab_hi = _ab(schedule, t_lo), _ab(schedule, t_hi)
     r = ab_hi / ab_lo
     return math.sqrt(r), math.sqrt(1.0 - r)
 
 
-def _noise(x, generator):
-    # Drawn on the generator's device, then moved: the same seed gives the same noise on CPU and GPU.
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-
-
-def restart_jump(x, schedule: Schedule, t_lo: float, t_hi: float, generator=None, noise=None):
-    """Restart's forward jump from t_lo to t_hi, x ← a x + b ξ (:func:`jump_coefficients`)."""
+def restart_jump(x, schedule: Schedule, t_lo: float, t_hi: float, generator=None, noise=None, scale: float = 1.0):
+    """Restart's forward jump from t_lo to t_hi, x ← a x + b·scale·ξ (:func:`jump_coefficients`)."""
     a, b = jump_coefficients(schedule, t_lo, t_hi)
-    return x * a + (noise if noise is not None else _noise(x, generator)) * b
+    return x * a + (noise if noise is not None else noise_like(x, generator)) * (b * scale)
 
 
-def _check_restart(schedule, n_r, k, sigma_min, sigma_max):
-    lo, hi = float(schedule.sigma(0)), float(schedule.sigma(schedule.T - 1))
+def _check_restart(schedule, n_r, k, sigma_min, sigma_max, gamma, s_min, s_max, s_noise):
+    lo, hi = 0.0, float(schedule.sigma(schedule.T - 1))
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k (the number K of restarts) must be an integer >= 0, got {k!r}")
     if isinstance(n_r, bool) or not isinstance(n_r, int) or n_r < 2:
         raise ValueError(f"n_r (points N_R of each restart's Heun pass) must be an integer >= 2, got {n_r!r}")
-    if not lo <= sigma_min < sigma_max <= hi:
-        raise ValueError(f"the restart interval needs σ(0)={lo:.4g} <= sigma_min < sigma_max <= σ(T-1)={hi:.4g}, "
+    if not lo < sigma_min < sigma_max <= hi:
+        raise ValueError(f"the restart interval needs 0 < sigma_min < sigma_max <= σ(T-1)={hi:.4g}, "
                          f"got [{sigma_min}, {sigma_max}]")
+    if not (0.0 <= gamma <= math.sqrt(2) - 1) or not 0 <= s_min <= s_max or not s_noise >= 0:
+        raise ValueError(f"churn needs 0 <= gamma <= √2−1 (EDM's bound), 0 <= s_min <= s_max and s_noise >= 0; got "
+                         f"gamma={gamma}, s_min={s_min}, s_max={s_max}, s_noise={s_noise}")
 
 
-def heun(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=False, info=None,
-         rho: float = 7.0):
-    """EDM's deterministic Heun sampler on N = ``num_steps`` EDM grid points (NFE 2N − 1)."""
-    times = heun_times(schedule, num_steps, rho).tolist() + [-1.0]
-    if info is not None:
-        info["timesteps"] = times[:-1]
+def heun(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, info=None):
+    """EDM's deterministic Heun sampler (EDM Algorithm 1) on the N = len(pairs) points of its grid (NFE 2N − 1)."""
+    times = [t for t, _ in pairs] + [pairs[-1][1]]
     return heun_pass(eps_model, x_T, schedule, times, progress=progress)
 
 
-def restart(eps_model, x_T, schedule, num_steps, grid, *, generator=None, progress=False, info=None,
-            rho: float = 7.0, n_r: int = 3, k: int = 2, sigma_min: float = 0.06, sigma_max: float = 0.30):
-    """Restart sampling: Heun's main pass with K restarts of the interval [sigma_min, sigma_max]
-    (module docstring). ``info`` receives ``restart_index`` (grid point), ``restart_times``."""
-    _check_restart(schedule, n_r, k, sigma_min, sigma_max)
-    main = heun_times(schedule, num_steps, rho)
-    sig = torch.cat([schedule.sigma(main), torch.zeros(1, dtype=torch.float64)])
-    j = int(torch.argmin((sig - sigma_min).abs()))  # the grid point where the restarts happen
-    if j == 0 or j == num_steps:
-        raise ValueError(f"sigma_min={sigma_min} falls on the first or the last (σ = 0) grid point of a "
-                         f"{num_steps}-point grid; use more steps or a larger sigma_min")
-    inner = schedule.t_from_sigma(edm_sigmas(sigma_max, float(sig[j]), n_r, rho)).tolist()
-    inner[-1] = float(main[j])  # the restart pass returns exactly to the main grid point
+def restart(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, info=None, n_r: int = 3, k: int = 2,
+            sigma_min: float = 0.06, sigma_max: float = 0.30, gamma: float = 0.05, s_min: float = 0.01,
+            s_max: float = 1.0, s_noise: float = 1.0):
+    """Restart sampling (Xu et al. Algorithm 1): Heun's main pass with K restarts of [sigma_min, sigma_max]
+    (module docstring). ``info`` receives ``restart_index`` (grid point) and ``restart_times``."""
+    _check_restart(schedule, n_r, k, sigma_min, sigma_max, gamma, s_min, s_max, s_noise)
+    times = [t for t, _ in pairs] + [pairs[-1][1]]  # main grid, ending at t = −1 (σ = 0)
+    sig = torch.cat([schedule.sigma(torch.tensor(times[:-1], dtype=torch.float64)), torch.zeros(1, dtype=torch.float64)])
+    j = int(torch.argmin((sig - sigma_min).abs()))  # t_min rounded to the nearest main-grid point, as released
+    if j == 0 or j == len(pairs):
+        raise ValueError(f"sigma_min={sigma_min} falls on the first or the last (σ = 0) point of a "
+                         f"{len(pairs)}-point grid; use more steps or a larger sigma_min")
+    if not sigma_max > float(sig[j]):
+        raise ValueError(f"sigma_max={sigma_max} must exceed the restart point's σ = {float(sig[j]):.4g}")
+    inner = schedule.t_from_sigma(edm_sigmas(sigma_max, float(sig[j]), n_r)).tolist()  # σ_hi exact
+    inner[-1] = times[j]  # the restart pass returns exactly to the main grid point
     if info is not None:
-        info.update(timesteps=main.tolist(), restart_index=j, restart_times=inner)
-    times = main.tolist() + [-1.0]
-    x = heun_pass(eps_model, x_T, schedule, times[:j + 1], progress=progress)
+        info.update(restart_index=j, restart_times=inner)
+    x = heun_pass(eps_model, x_T, schedule, times[:j + 1], progress=progress)  # main pass down to σ_lo
     for _ in range(k):
-        x = restart_jump(x, schedule, inner[-1], inner[0], generator)
-        x = heun_pass(eps_model, x, schedule, inner)
-    return heun_pass(eps_model, x, schedule, times[j:], progress=progress)
+        # forward: x_{t_max} = x_{t_min} + ε_{t_min→t_max} (exact in VP terms)
+        x = restart_jump(x, schedule, inner[-1], inner[0], generator, scale=s_noise)
+        # backward: Heun from t_max to t_min on N_R points, with the released code's churn
+        x = heun_pass(eps_model, x, schedule, inner, churn=(gamma, s_min, s_max, s_noise), generator=generator)
+    return heun_pass(eps_model, x, schedule, times[j:], progress=progress)  # the rest of the main pass
 
 
-def nfe_heun(schedule, num_steps, grid, rho=7.0) -> int:
+def nfe_heun(schedule, pairs) -> int:
     """Heun's NFE: 2N − 1 (the last step to σ = 0 is a plain Euler step)."""
-    return 2 * len(heun_times(schedule, num_steps, rho)) - 1
+    return 2 * len(pairs) - 1
 
 
-def nfe_restart(schedule, num_steps, grid, rho=7.0, n_r=3, k=2, sigma_min=0.06, sigma_max=0.30):
+def nfe_restart(schedule, pairs, n_r=3, k=2, sigma_min=0.06, sigma_max=0.30, gamma=0.05, s_min=0.01, s_max=1.0,
+                s_noise=1.0):
     """Restart's NFE: 2N − 1 + K·2(N_R − 1)."""
-    _check_restart(schedule, n_r, k, sigma_min, sigma_max)
-    heun_times(schedule, num_steps, rho)
-    return 2 * num_steps - 1 + k * 2 * (n_r - 1)
-
+    _check_restart(schedule, n_r, k, sigma_min, sigma_max, gamma, s_min, s_max, s_noise)
+    return 2 * len(pairs) - 1 + k * 2 * (n_r - 1)

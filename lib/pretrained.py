@@ -1,0 +1,596 @@
+"""Pretrained ε-networks: the public DDPM checkpoints, the DDIM code's training checkpoints and
+diffusers UNet2DModel folders, loaded into :class:`lib.unet.UNet` (docs/method.md §6).
+
+    model, model_cfg = load_unet("ema_cifar10")                 # data/pretrained/ema_cifar10/…, offline
+    model, model_cfg = load_unet("path/to/ckpt.pth")            # the DDIM code's [model, opt, epoch, step, ema]
+    model, model_cfg = load_unet("path/to/ddpm-cifar10-32")     # a diffusers folder (config.json + weights)
+    python -m lib.pretrained fetch ema_cifar10                  # the one step that uses the network
+
+Sources, in this order: an existing path (a file, a diffusers folder, or a lib.train run directory),
+else a name of :data:`CHECKPOINTS` looked up under ``data/pretrained/``. Nothing is downloaded
+implicitly; a missing file raises :class:`PretrainedMissing` saying what is missing, where to put it
+and where to get it.
+
+The architecture is inferred from the weights (channels, multipliers, blocks, attention levels; the
+resolution from the attention level, which the reference configurations all place at 16×16) and the
+state dict must then match it name for name and shape for shape. The reference code's GroupNorm
+always has 32 groups, a number the weights do not record: reference checkpoints are built with
+``norm_groups=32``, and :func:`init_weights` refuses to put them into a model whose groups differ.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from lib.config import ModelConfig
+from lib.paths import ROOT
+from lib.unet import UNet
+
+__all__ = ["CHECKPOINTS", "PretrainedMissing", "PretrainedError", "load_unet", "load_state", "infer_config",
+           "diffusers_to_ours", "init_weights", "file_md5", "fetch", "pretrained_dir", "NotebookPlan", "plan_for", "main"]
+
+REFERENCE_GROUPS = 32  # the DDIM/DDPM code's Normalize(): GroupNorm(32, C)
+
+# The DDIM code's functions/ckpt_util.py (URL_MAP, CKPT_MAP, MD5_MAP): the DDPM authors' TF checkpoints
+# converted to PyTorch state dicts of the DDIM code's Model. 'ddim_celeba': the DDIM authors' CelebA-64
+# model (Google Drive, linked from the DDIM README; no checksum is published, so none is checked).
+_HEIBOX = "https://heibox.uni-heidelberg.de/f/{}/?dl=1"
+CHECKPOINTS = {
+    "cifar10": dict(url=_HEIBOX.format("869980b53bf5416c8a28"), md5="82ed3067fd1002f5cf4c339fb80c4669",
+                    file="model-790000.ckpt", resolution=32, dropout=0.1, dataset="cifar10"),
+    "ema_cifar10": dict(url=_HEIBOX.format("2e4f01e2d9ee49bab1d5"), md5="1fa350b952534ae442b1d5235cce5cd3",
+                        file="model-790000.ckpt", resolution=32, dropout=0.1, dataset="cifar10"),
+    "lsun_bedroom": dict(url=_HEIBOX.format("f179d4f21ebc4d43bbfe"), md5="f70280ac0e08b8e696f42cb8e948ff1c",
+                         file="model-2388000.ckpt", resolution=256, dropout=0.0, dataset="lsun_bedroom"),
+    "ema_lsun_bedroom": dict(url=_HEIBOX.format("b95206528f384185889b"), md5="1921fa46b66a3665e450e42f36c2720f",
+                             file="model-2388000.ckpt", resolution=256, dropout=0.0, dataset="lsun_bedroom"),
+    "lsun_cat": dict(url=_HEIBOX.format("fac870bd988348eab88e"), md5="bbee0e7c3d7abfb6e2539eaf2fb9987b",
+                     file="model-1761000.ckpt", resolution=256, dropout=0.0, dataset="lsun_cat"),
+    "ema_lsun_cat": dict(url=_HEIBOX.format("0701aac3aa69457bbe34"), md5="646f23f4821f2459b8bafc57fd824558",
+                         file="model-1761000.ckpt", resolution=256, dropout=0.0, dataset="lsun_cat"),
+    "lsun_church": dict(url=_HEIBOX.format("2711a6f712e34b06b9d8"), md5="eb619b8a5ab95ef80f94ce8a5488dae3",
+                        file="model-4432000.ckpt", resolution=256, dropout=0.0, dataset="lsun_church"),
+    "ema_lsun_church": dict(url=_HEIBOX.format("44ccb50ef3c6436db52e"), md5="fdc68a23938c2397caba4a260bc2445f",
+                            file="model-4432000.ckpt", resolution=256, dropout=0.0, dataset="lsun_church"),
+    "ddim_celeba": dict(url="https://drive.google.com/uc?id=1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR", md5=None,
+                        file="ckpt.pth", resolution=64, dropout=0.1, dataset="celeba", manual=True),
+    "google/ddpm-cifar10-32": dict(hub="google/ddpm-cifar10-32", md5=None, file=None, resolution=32, dropout=0.1,
+                                   dataset="cifar10"),
+}
+
+
+class PretrainedError(ValueError):
+    """A checkpoint that cannot be read or does not fit this UNet; the message names the problem and the fix."""
+
+
+class PretrainedMissing(FileNotFoundError):
+    """A named checkpoint is not on this machine: the message says where to put it and where to get it."""
+
+
+# ---------------------------------------------------------------------------- files
+def pretrained_dir(root=None) -> Path:
+    return Path(root or ROOT) / "data" / "pretrained"
+
+
+def _local_name(name: str) -> str:
+    return name.replace("/", "--")
+
+
+def file_md5(path) -> str:
+    """MD5 of a file (streamed), or of a diffusers folder's weights file."""
+    p = Path(path)
+    if p.is_dir():
+        p = _diffusers_weights(p)
+    h = hashlib.md5()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _named_path(name: str, root=None) -> Path:
+    entry = CHECKPOINTS[name]
+    folder = pretrained_dir(root) / _local_name(name)
+    return folder / entry["file"] if entry.get("file") else folder
+
+
+def _missing(name: str, where: Path) -> PretrainedMissing:
+    e = CHECKPOINTS[name]
+    if e.get("hub"):
+        get = f"`python -m lib.pretrained fetch {name}` (huggingface_hub), or download the folder {e['hub']} by hand"
+    elif e.get("manual"):
+        get = f"download {e['url']} by hand (Google Drive; no checksum is published)"
+    else:
+        get = f"`python -m lib.pretrained fetch {name}` on a machine with network, or download {e['url']} (MD5 {e['md5']})"
+    return PretrainedMissing(f"the pretrained checkpoint {name!r} is not at {where}; place it there: {get}")
+
+
+def resolve(source, root=None) -> tuple[Path, str | None]:
+    """(path, known name or None) of a source: an existing path, else a name in :data:`CHECKPOINTS`."""
+    p = Path(source)
+    if p.exists():
+        return p, None
+    name = str(source)
+    if name in CHECKPOINTS:
+        where = _named_path(name, root)
+        if not where.exists():
+            raise _missing(name, where)
+        return where, name
+    raise PretrainedMissing(f"{source!r} is neither an existing file or folder nor a known checkpoint name; "
+                            f"known names: {', '.join(CHECKPOINTS)}")
+
+
+# ---------------------------------------------------------------------------- reading state dicts
+def _read(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
+        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                              "the file may be truncated or not a checkpoint: delete it and fetch it again") from None
+
+
+def _strip_module(sd: dict) -> dict:
+    # DataParallel/DDP prefix every key with 'module.' (the DDIM code's saved model entry does).
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def _from_object(obj, path: Path, entry: str) -> tuple[dict, str]:
+    """The state dict inside a loaded checkpoint object, and a name for its layout."""
+    if entry not in ("ema", "model"):
+        raise PretrainedError(f"entry must be 'ema' or 'model', got {entry!r}")
+    if _is_state_dict(obj):
+        return _strip_module(obj), "state_dict"
+    if isinstance(obj, (list, tuple)):
+        # The DDIM code's training checkpoint: [model, optimizer, epoch, step] (+ [ema] with model.ema).
+        if len(obj) >= 4 and _is_state_dict(obj[0]):
+            if entry == "ema":
+                if len(obj) < 5 or not _is_state_dict(obj[4]):
+                    raise PretrainedError(f"{path} is a DDIM-code checkpoint without an EMA entry (trained without "
+                                          "model.ema); load its model weights with entry='model'")
+                return _strip_module(obj[4]), "ddim_ckpt:ema"
+            return _strip_module(obj[0]), "ddim_ckpt:model"
+    if isinstance(obj, dict) and "ema" in obj and "model" in obj:  # a lib.train checkpoint
+        return _strip_module(obj[entry]), f"lib_train_ckpt:{entry}"
+    raise PretrainedError(f"{path} holds a {type(obj).__name__} that is not a state dict, a DDIM-code "
+                          "[model, optimizer, epoch, step, ema] list or a lib.train checkpoint")
+
+
+def _diffusers_weights(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise PretrainedError(f"{folder} has a config.json but no diffusion_pytorch_model.safetensors or .bin")
+
+
+# The UNet2DModel settings this UNet computes exactly; anything else is refused, naming the field.
+_DIFFUSERS_FIXED = dict(act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
+                        downsample_padding=0, center_input_sample=False, mid_block_scale_factor=1,
+                        resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
+                        num_class_embeds=None, upsample_type="conv", downsample_type="conv")
+_DIFFUSERS_DEFAULTS = dict(act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0,
+                           downsample_padding=1, center_input_sample=False, mid_block_scale_factor=1,
+                           resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
+                           num_class_embeds=None, upsample_type="conv", downsample_type="conv", norm_eps=1e-5,
+                           norm_num_groups=32, attention_head_dim=8, layers_per_block=2, attn_norm_num_groups=None,
+                           time_embedding_dim=None, num_train_timesteps=None)
+
+
+def _check_diffusers_config(c: dict, where: Path) -> tuple[ModelConfig, int]:
+    cls = c.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise PretrainedError(f"{where}: _class_name is {cls!r}; only diffusers' UNet2DModel maps onto this UNet")
+    get = lambda k: c.get(k, _DIFFUSERS_DEFAULTS.get(k))  # noqa: E731
+    for k, want in _DIFFUSERS_FIXED.items():
+        if get(k) != want:
+            raise PretrainedError(f"{where}: config field {k}={get(k)!r} cannot be represented by lib.unet.UNet "
+                                  f"(it computes {k}={want!r})")
+    if abs(float(get("norm_eps")) - 1e-6) > 1e-12:
+        raise PretrainedError(f"{where}: config field norm_eps={get('norm_eps')!r} cannot be represented (GroupNorm eps is 1e-6)")
+    if get("attn_norm_num_groups") not in (None, get("norm_num_groups")):
+        raise PretrainedError(f"{where}: config field attn_norm_num_groups={get('attn_norm_num_groups')!r} differs "
+                              "from norm_num_groups; this UNet uses one group count")
+    if get("time_embedding_dim") not in (None, 4 * c["block_out_channels"][0]):
+        raise PretrainedError(f"{where}: config field time_embedding_dim={get('time_embedding_dim')!r} must be 4 × "
+                              "block_out_channels[0]")
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    widths = [int(w) for w in c["block_out_channels"]]
+    L = len(widths)
+    if len(down) != L or len(up) != L:
+        raise PretrainedError(f"{where}: down_block_types/up_block_types must have one entry per block_out_channels")
+    attn = [d == "AttnDownBlock2D" for d in down]
+    for i, d in enumerate(down):
+        if d not in ("DownBlock2D", "AttnDownBlock2D"):
+            raise PretrainedError(f"{where}: config field down_block_types[{i}]={d!r} cannot be represented "
+                                  "(DownBlock2D or AttnDownBlock2D)")
+    for k, u in enumerate(up):
+        want = "AttnUpBlock2D" if attn[L - 1 - k] else "UpBlock2D"
+        if u != want:
+            raise PretrainedError(f"{where}: config field up_block_types[{k}]={u!r}; this UNet needs {want!r} "
+                                  "(the decoder mirrors the encoder's attention levels)")
+    ch = widths[0]
+    if any(w % ch for w in widths):
+        raise PretrainedError(f"{where}: config field block_out_channels={widths} must be multiples of the first")
+    head = get("attention_head_dim")
+    for i in [i for i in range(L) if attn[i]] + [L - 1]:
+        if head is not None and widths[i] // head != 1:
+            raise PretrainedError(f"{where}: config field attention_head_dim={head} gives {widths[i] // head} heads "
+                                  f"at width {widths[i]}; this UNet's attention is single-head (use None or {widths[i]})")
+    res = int(c["sample_size"] if not isinstance(c["sample_size"], (list, tuple)) else c["sample_size"][0])
+    cfg = ModelConfig(kind="unet", in_channels=int(c["in_channels"]), out_ch=int(c["out_channels"]), resolution=res,
+                      ch=ch, ch_mult=tuple(w // ch for w in widths), num_res_blocks=int(get("layers_per_block")),
+                      attn_resolutions=tuple(res // 2 ** i for i in range(L) if attn[i]),
+                      dropout=float(c.get("dropout", 0.0) or 0.0), resamp_with_conv=True)
+    return cfg, int(get("norm_num_groups"))
+
+
+def diffusers_to_ours(sd: dict, num_levels: int) -> dict:
+    """Rename a UNet2DModel state dict to this UNet's names (attention Linear weights → 1×1 convs)."""
+    out = {}
+    unknown = []
+    for k, v in sd.items():
+        m = None
+        new = None
+        if k.startswith("time_embedding.linear_"):
+            new = k.replace("time_embedding.linear_1", "temb.dense.0").replace("time_embedding.linear_2", "temb.dense.1")
+        elif k.startswith(("conv_in.", "conv_out.")):
+            new = k
+        elif k.startswith("conv_norm_out."):
+            new = k.replace("conv_norm_out.", "norm_out.")
+        elif (m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", k)):
+            side, i, kind, j, rest = m.groups()
+            level = int(i) if side == "down" else num_levels - 1 - int(i)  # diffusers' up blocks run inner → outer
+            prefix = f"{side}.{level}"
+            if kind == "resnets":
+                new = f"{prefix}.block.{j}.{_resnet_name(rest)}"
+            elif kind == "attentions":
+                new = f"{prefix}.attn.{j}.{_attn_name(rest)}"
+            else:
+                new = f"{prefix}.{'downsample' if side == 'down' else 'upsample'}.{rest}"
+        elif (m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", k)):
+            kind, j, rest = m.groups()
+            new = (f"mid.block_{int(j) + 1}.{_resnet_name(rest)}" if kind == "resnets" else f"mid.attn_1.{_attn_name(rest)}")
+        if new is None or new.endswith("?"):
+            unknown.append(k)
+            continue
+        if ".attn." in new or new.startswith("mid.attn_1."):
+            if new.endswith(".weight") and v.ndim == 2 and not new.endswith("norm.weight"):
+                v = v[:, :, None, None]  # Linear [C, C] → Conv2d 1×1 [C, C, 1, 1]
+        out[new] = v
+    if unknown:
+        raise PretrainedError(f"{len(unknown)} diffusers parameter name(s) have no counterpart in lib.unet.UNet, e.g. "
+                              f"{unknown[:5]}")
+    return out
+
+
+def _resnet_name(rest: str) -> str:
+    return rest.replace("time_emb_proj.", "temb_proj.").replace("conv_shortcut.", "nin_shortcut.")
+
+
+_ATTN = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+
+
+def _attn_name(rest: str) -> str:
+    for a, b in _ATTN.items():
+        if rest.startswith(a):
+            return b + rest[len(a):]
+    return rest + "?"
+
+
+def load_state(source, *, entry: str = "ema", root=None) -> dict:
+    """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
+
+    A named checkpoint with a published MD5 is verified first. ``config`` is the ModelConfig a diffusers
+    folder or a lib.train run states; None for bare weights
+    (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers),
+    None (this project's rule) for lib.train runs."""
+    path, name = resolve(source, root)
+    known_md5 = CHECKPOINTS[name].get("md5") if name else None
+    if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
+        raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
+                              "corrupt or another checkpoint; delete it and fetch it again")
+    if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
+        from lib.config import load_json
+        cfg = load_json(path / "config.json").model
+        obj = _read(path / "final.pt")
+        sd, layout = _from_object(obj, path / "final.pt", entry)
+        return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
+    if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder
+        c = json.loads((path / "config.json").read_text())
+        cfg, groups = _check_diffusers_config(c, path)
+        wf = _diffusers_weights(path)
+        if wf.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            try:
+                raw = load_file(str(wf))
+            except Exception as e:
+                raise PretrainedError(f"cannot read {wf} ({type(e).__name__}: {str(e)[:200]}); the file may be "
+                                      "truncated: fetch the folder again") from None
+        else:
+            raw = _read(wf)
+        sd = diffusers_to_ours(raw, len(cfg.ch_mult))
+        return dict(state_dict=sd, layout="diffusers", path=wf, name=name, config=cfg, groups=groups)
+    if path.is_dir():
+        raise PretrainedError(f"{path} is a folder but neither a diffusers model (config.json + weights) nor a "
+                              "lib.train run (config.json + final.pt)")
+    sd, layout = _from_object(_read(path), path, entry)
+    own = (path.parent / "config.json").is_file() and (path.parent / "run.json").is_file()
+    if own:  # a checkpoint of a lib.train run: its own config and this project's group rule
+        from lib.config import load_json
+        return dict(state_dict=sd, layout=layout, path=path, name=name, config=load_json(path.parent / "config.json").model,
+                    groups=None)
+    return dict(state_dict=sd, layout=layout, path=path, name=name, config=None, groups=REFERENCE_GROUPS)
+
+
+def infer_config(sd: dict, *, resolution: int | None = None, dropout: float = 0.0) -> ModelConfig:
+    """The ModelConfig of a state dict in this UNet's (= the DDIM code's) names.
+
+    Channels, multipliers, blocks and attention levels come from the weights; the resolution is not
+    stored, so it is taken as 16·2^a for the attention level a (the reference configurations attend at
+    16×16) unless given."""
+    try:
+        ch = sd["conv_in.weight"].shape[0]
+        in_channels = sd["conv_in.weight"].shape[1]
+        out_ch = sd["conv_out.weight"].shape[0]
+    except KeyError as e:
+        raise PretrainedError(f"the weights have no {e.args[0]!r}: not a DDPM/DDIM UNet state dict (names like "
+                              "'conv_in.weight', 'down.0.block.0.conv1.weight')") from None
+    levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"down\.(\d+)\.", k))})
+    if not levels or levels != list(range(len(levels))):
+        raise PretrainedError("the weights have no consecutive 'down.<i>.' levels: not a DDPM/DDIM UNet state dict")
+    L = len(levels)
+    ch_mult = tuple(int(sd[f"down.{i}.block.0.conv1.weight"].shape[0] // ch) for i in range(L))
+    n_blocks = len({int(m.group(1)) for k in sd if (m := re.match(r"down\.0\.block\.(\d+)\.", k))})
+    attn_levels = [i for i in range(L) if f"down.{i}.attn.0.q.weight" in sd]
+    if resolution is None:
+        if len(attn_levels) != 1:
+            raise PretrainedError(f"cannot infer the resolution: attention at {len(attn_levels)} levels; pass resolution=")
+        resolution = 16 * 2 ** attn_levels[0]
+    attn_res = tuple(resolution // 2 ** i for i in attn_levels)
+    resamp = "down.0.downsample.conv.weight" in sd or L == 1
+    return ModelConfig(kind="unet", in_channels=int(in_channels), out_ch=int(out_ch), resolution=int(resolution),
+                       ch=int(ch), ch_mult=ch_mult, num_res_blocks=n_blocks, attn_resolutions=attn_res,
+                       dropout=float(dropout), resamp_with_conv=resamp)
+
+
+def _build(cfg: ModelConfig, groups) -> UNet:
+    return UNet(in_channels=cfg.in_channels, out_ch=cfg.out_ch, resolution=cfg.resolution, ch=cfg.ch,
+                ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
+                dropout=cfg.dropout, resamp_with_conv=cfg.resamp_with_conv, norm_groups=groups)
+
+
+def _load_strict(model: torch.nn.Module, sd: dict, where) -> None:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
+              if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unknown name(s), e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
+        raise PretrainedError(f"the weights of {where} do not fit this architecture: " + "; ".join(parts))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | None = None, root=None):
+    """A pretrained :class:`lib.unet.UNet` in eval mode and the ModelConfig it corresponds to.
+
+    ``source``: a path or a :data:`CHECKPOINTS` name (see the module docstring); ``entry``: 'ema'
+    (default) or 'model' for checkpoints holding both. Reference checkpoints get 32 GroupNorm groups
+    (``model.norm_groups``); lib.train runs this project's rule."""
+    st = load_state(source, entry=entry, root=root)
+    cfg = st["config"]
+    if cfg is None:
+        known = CHECKPOINTS.get(st["name"] or "", {})
+        cfg = infer_config(st["state_dict"], resolution=resolution or known.get("resolution"),
+                           dropout=known.get("dropout", 0.0))
+    elif resolution is not None and resolution != cfg.resolution:
+        cfg = replace(cfg, resolution=resolution, attn_resolutions=tuple(r * resolution // cfg.resolution
+                                                                         for r in cfg.attn_resolutions))
+    model = _build(cfg, st["groups"])
+    _load_strict(model, st["state_dict"], st["path"])
+    return model.to(device).eval(), cfg
+
+
+def _groups_of(model: torch.nn.Module) -> set:
+    return {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=None) -> dict:
+    """Load ``source``'s weights into ``model`` (strict: same names and shapes) and return its provenance
+    ``{"source", "path", "layout", "md5"}`` (MD5 of the weights file) for run.json.
+
+    Refuses reference weights (always 32 GroupNorm groups) for a model whose GroupNorms have other
+    group counts: the shapes would load but the network would compute something else."""
+    st = load_state(source, entry=entry, root=root)
+    if st["groups"] is not None:
+        bad = _groups_of(model) - {st["groups"]}
+        if bad:
+            raise PretrainedError(f"{source}: reference weights use {st['groups']} GroupNorm groups, but this model has "
+                                  f"groups {sorted(bad)} (lib.unet.num_groups of its widths); use widths that are "
+                                  f"multiples of 128 (e.g. the gpu/paper model) or build it with norm_groups={st['groups']}")
+    elif isinstance(model, UNet) and model.norm_groups is not None:
+        raise PretrainedError(f"{source} is a lib.train run (this project's group rule) but the model has "
+                              f"norm_groups={model.norm_groups}")
+    with torch.no_grad():
+        _load_strict(model, st["state_dict"], st["path"])
+    md5 = file_md5(st["path"])  # named checkpoints were checked against their published MD5 in load_state
+    return {"source": str(source), "path": str(st["path"]), "layout": st["layout"], "entry": entry, "md5": md5}
+
+
+# ---------------------------------------------------------------------------- notebook 08's plan
+@dataclass(frozen=True)
+class NotebookPlan:
+    """What notebook 08 runs at a profile. ``source`` None: the profile's own trained baseline (notebook 03).
+
+    ``finetune_steps`` per arm (gpu: sized to about one GPU-hour per arm, an estimate: docs/GPU.md);
+    ``skip_tuning`` (ρ_top, ρ_bottom) and ``eps_scale`` b are fixed illustrative settings (notebook 06
+    tunes them on a separate sample set); ``n_samples`` None keeps the profile's ``sample.n_samples``."""
+
+    source: str | None
+    steps: tuple
+    n_samples: int | None
+    finetune_steps: int
+    finetune_lr: float | None = None
+    skip_tuning: tuple = (1.0, 0.95)
+    eps_scale: float = 1.005
+
+
+PLANS = {
+    "ci": NotebookPlan(source=None, steps=(5, 10), n_samples=None, finetune_steps=10),
+    "cpu": NotebookPlan(source=None, steps=(10, 20), n_samples=250, finetune_steps=200),
+    "gpu": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=10_000, finetune_steps=20_000,
+                        finetune_lr=2e-5),
+    "paper": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=50_000, finetune_steps=100_000,
+                          finetune_lr=2e-5),
+}
+
+
+def plan_for(profile: str) -> NotebookPlan:
+    if profile not in PLANS:
+        raise ValueError(f"no notebook-08 plan for profile {profile!r}; valid: {', '.join(PLANS)}")
+    return PLANS[profile]
+
+
+# ---------------------------------------------------------------------------- fetching (explicit only)
+def _download(url: str, dest: Path, md5: str | None) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    print(f"downloading {url}\n  -> {dest}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                f.write(chunk)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); with no network, download it on "
+                                f"another machine and place it at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
+    got = file_md5(part)
+    if md5 and got != md5:
+        part.unlink(missing_ok=True)
+        raise PretrainedError(f"{url} arrived with MD5 {got}, expected {md5}; nothing was kept, try again")
+    part.replace(dest)
+    return dest
+
+
+def fetch(name: str, root=None) -> Path:
+    """Download a :data:`CHECKPOINTS` entry into ``data/pretrained/`` and verify its MD5 (where one is
+    published); skipped when the file is already there with the right checksum."""
+    if name not in CHECKPOINTS:
+        raise PretrainedMissing(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
+    e, dest = CHECKPOINTS[name], _named_path(name, root)
+    if e.get("hub"):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise PretrainedMissing(f"fetching {name} needs huggingface_hub (pip install huggingface_hub), or download "
+                                    f"the folder {e['hub']} by hand into {dest}") from None
+        if not (dest / "config.json").is_file():
+            snapshot_download(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+        return dest
+    if e.get("manual"):
+        if dest.is_file():
+            return dest
+        raise _missing(name, dest)
+    if dest.is_file():
+        if file_md5(dest) == e["md5"]:
+            print(f"{name}: already in place ({dest}, MD5 ok)", file=sys.stderr)
+            return dest
+        print(f"{name}: {dest} has the wrong MD5; downloading again", file=sys.stderr)
+    return _download(e["url"], dest, e["md5"])
+
+
+def fetch_profile(profile: str, root=None) -> list[str]:
+    """Everything a profile needs on a machine with network (``make fetch PROFILE=gpu``): CIFAR-10, clean-fid's
+    Inception weights and CIFAR-10 training statistics, and the DDPM CIFAR-10 EMA checkpoint."""
+    from lib import data, fid
+    from lib.config import get_config
+
+    cfg = get_config(profile)
+    done = []
+    if cfg.data.dataset == "cifar10":
+        folder = data.cifar10_folder(Path(root or ROOT) / cfg.data.root)
+        data.load_cifar10(Path(root or ROOT) / cfg.data.root, download=True)
+        done.append(f"CIFAR-10 in {folder} (torchvision checks the tarball's MD5)")
+    if cfg.eval.metric == "inception":
+        try:
+            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
+        except fid.FIDWeightsMissing:
+            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train",
+                                      need_weights=False, need_stats=False)
+            w = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
+            if not w.is_file():
+                _download(fid.INCEPTION_URL, w, None)
+            name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
+            s = Path(fid.STATS_DIR) / name
+            if not s.is_file():
+                _download(fid.STATS_URL + name, s, None)
+            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
+        done += [f"{k}: {v} (MD5 {file_md5(v)}; clean-fid publishes no checksum to compare with)" for k, v in paths.items()]
+    if cfg.data.dataset == "cifar10":
+        p = fetch("ema_cifar10", root)
+        done.append(f"ema_cifar10: {p} (MD5 verified)")
+    if not done:
+        done.append(f"profile {profile} needs no download (its data ship with the packages; metric {cfg.eval.metric})")
+    return done
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lib.pretrained", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download a checkpoint (NAME) or everything a profile needs (--profile)")
+    f.add_argument("name", nargs="?", help=f"one of: {', '.join(CHECKPOINTS)}")
+    f.add_argument("--profile", help="fetch everything this profile needs (dataset, FID files, checkpoint)")
+    f.add_argument("--root", default=None, help="repository root to write data/ under (default: this repository)")
+    sub.add_parser("list", help="the known checkpoints and whether they are in place")
+    i = sub.add_parser("info", help="load a source and print the architecture it implies")
+    i.add_argument("source")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "list":
+            for name in CHECKPOINTS:
+                where = _named_path(name)
+                print(f"{name:24s} {'present' if where.exists() else 'missing'}  {where}")
+        elif a.cmd == "info":
+            model, cfg = load_unet(a.source)
+            print(json.dumps({"config": cfg.__dict__, "norm_groups": model.norm_groups,
+                              "parameters": sum(q.numel() for q in model.parameters())}, indent=2, default=list))
+        elif a.profile:
+            for line in fetch_profile(a.profile, a.root):
+                print(line)
+        elif a.name:
+            print(fetch(a.name, a.root))
+        else:
+            p.error("fetch needs NAME or --profile")
+    except (PretrainedError, PretrainedMissing) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a dataset or FID file that could not be fetched: its own message says what to do
+        from lib.data import DatasetMissing
+        from lib.fid import FIDWeightsMissing
+        if isinstance(e, (DatasetMissing, FIDWeightsMissing)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
