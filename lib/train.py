@@ -527,9 +527,9 @@ def _same_init(out: Path, source):
     recorded = (rundir.read_json(out / "run.json") or {}).get("init_from")
     if source is None or not (out / "run.json").exists():
         return
-    from lib.pretrained import file_md5, resolve
+    from lib.pretrained import file_md5, load_state
 
-    md5 = file_md5(resolve(source)[0])
+    md5 = file_md5(load_state(source)["path"])  # the weights file init_weights records
     if recorded is None or recorded.get("md5") != md5:
         was = f"{recorded['source']} (MD5 {recorded['md5']})" if recorded else "its own random initialisation"
         raise ConfigError(f"{out} holds a run started from {was}, not from {source} (MD5 {md5}); "
