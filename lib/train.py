@@ -38,7 +38,7 @@ from lib.related import cdm
 ARMS = ("baseline", "s2dm", "cdm")
 # Keys that may change between a run and its resumption (they do not alter the trajectory).
 RESUMABLE_KEYS = {"train.steps", "train.ckpt_every", "train.log_every", "train.keep_ckpts", "train.device",
-                  "train.compile", "sample", "eval", "toy", "profile"}
+                  "train.compile", "sample", "eval", "toy", "experiment", "profile"}
 LOG_FIELDS = ("step", "loss", "l0", "lskip", "lr", "grad_norm", "images_per_s")
 
 
