@@ -45,3 +45,28 @@ def test_missing_inputs_name_the_producing_notebook(tmp_path):
                         "--root", str(tmp_path), "--no-html"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1
     assert "05_fid_tables" in r.stderr and "04_sampler_sweeps" in r.stderr
+
+
+RESULT_SUFFIXES = (".png", ".csv", ".md")
+
+
+def test_committed_cpu_results_match_what_the_notebooks_write(out_root):
+    """figures/cpu/ (committed from a full `make reproduce PROFILE=cpu`) holds exactly the PNGs and tables
+    the notebooks write (the same names at every profile; here: what they wrote at ci above), plus,
+    if any HTML is committed, one per notebook. Runs after the notebook tests of this module."""
+    ci = out_root / "figures" / "ci"
+    ran = [nb for nb in NOTEBOOKS if (ci / nb.name).exists()]
+    if len(ran) < len(NOTEBOOKS):
+        pytest.skip("needs every notebook's ci outputs: run the whole of tests/test_notebooks.py")
+    committed = ROOT / "figures" / "cpu"
+    if not committed.is_dir():
+        pytest.skip("figures/cpu/ is not committed yet (the results of make reproduce PROFILE=cpu)")
+    written = {p.name for p in ci.iterdir() if p.suffix in RESULT_SUFFIXES}
+    have = {p.name for p in committed.iterdir() if p.suffix in RESULT_SUFFIXES}
+    assert not written - have, f"missing from figures/cpu/: {sorted(written - have)}"
+    assert not have - written, f"orphaned in figures/cpu/ (no notebook writes them): {sorted(have - written)}"
+    html = {p.name for p in committed.glob("*.html")}
+    if html:
+        assert html == {nb.stem + ".html" for nb in NOTEBOOKS}, f"HTML in figures/cpu/ does not match the notebooks: {sorted(html)}"
+    other = {p.name for p in committed.iterdir()} - have - html - {"README.md"}
+    assert not other, f"figures/cpu/ holds files that should not be committed: {sorted(other)}"
