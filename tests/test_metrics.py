@@ -121,7 +121,7 @@ def test_get_classifier_caches_and_round_trips(tmp_path, monkeypatch):
     assert key == "digits_8px_w8_s30"
     assert (tmp_path / f"{key}.pt").is_file() and (tmp_path / f"{key}.json").is_file()
     assert not list(tmp_path.glob(".*.tmp"))
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
     m2 = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=tmp_path)
     x = torch.rand(10, 1, 8, 8) * 2 - 1
     assert np.array_equal(classifier.features(m1, x), classifier.features(m2, x))
