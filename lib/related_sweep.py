@@ -11,11 +11,16 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from lib import compare, generate, published, runs, samplers
+from lib import compare, generate, processes, published, runs, samplers
 from lib.config import Config, with_overrides
 from lib.evaluate import ImageEvaluator, image_cell
 from lib.factory import resolve_device, schedule_of
@@ -125,45 +130,85 @@ def cdm_cost(plan: Plan, paths: Paths) -> list[dict]:
 
 # ---------------------------------------------------------------------------- image cells
 class Cells:
-    """Every image cell of notebook 06 for every training seed; ``rows`` in the order measured."""
+    """Every image cell of notebook 06 for every training seed; ``rows`` in the order measured.
+
+    :meth:`seed_cells` (phase ``"A"``: every sampler on every arm, and the implied scaling; phase
+    ``"B"``: the set-B report with the chosen ρ and λ) runs each training seed in its own
+    single-threaded process when ``experiment.workers`` ≠ 1 (``python -m lib.related_sweep JOB.json``);
+    the cells are the same either way."""
 
     def __init__(self, plan: Plan, paths: Paths, ev: ImageEvaluator):
         self.plan, self.paths, self.ev = plan, paths, ev
         self.rows: list[dict] = []
-        self.models = {}
-        for s in plan.seeds:
-            for arm in ARMS:
-                self.models[arm, s] = generate.load_model(runs.image_run(paths, arm, s), ev.device)[0]
-            self.models["baseline-ft", s] = (generate.load_model(runs.image_run(paths, "baseline-ft", s), ev.device)[0]
-                                             if plan.finetune else self.models["baseline", s])
+        self._models = {}
+        self.rho, self.lam = None, None
+
+    def model(self, arm: str, seed: int):
+        """The EMA model of (arm, seed), loaded once; the control is the baseline where there is no fine-tune."""
+        if arm == "baseline-ft" and not self.plan.finetune:
+            arm = "baseline"
+        if (arm, seed) not in self._models:
+            self._models[arm, seed] = generate.load_model(runs.image_run(self.paths, arm, seed), self.ev.device)[0]
+        return self._models[arm, seed]
 
     def cell(self, arm: str, label: str, S: int, seed: int, *, model=None, set_B: bool = False, method=None, **options):
         """One image cell (lib.evaluate.image_cell); set-B cells carry '@B' in their label."""
         c = self.plan.cfg_B if set_B else self.plan.cfg
         name = label + ("@B" if set_B else "")
-        r = image_cell(self.ev, model or self.models[arm, seed], c, arm, method or label, S, seed=seed, label=name,
+        r = image_cell(self.ev, model or self.model(arm, seed), c, arm, method or label, S, seed=seed, label=name,
                        progress=False, **options)
         if r["nfe"] != samplers.nfe(method or label, S, c.sample.grid, schedule=schedule_of(c), **options):
             raise AssertionError(f"NFE of {name} at {S} steps: measured {r['nfe']}, formula disagrees")
         self.rows.append({**r, "set": "B" if set_B else "A"})
         return r
 
-    def sampler_cells(self):
+    def seed_cells(self, phase: str, progress: bool = True) -> None:
+        """Phase "A" (before the grid search) or "B" (after it) for every training seed."""
+        seeds = self.plan.seeds
+        workers = processes.n_workers(self.plan.cfg.experiment.workers, len(seeds))
+        if workers == 1:
+            for s in seeds:
+                self._phase(phase, s)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            commands = {}
+            for s in seeds:
+                job = Path(tmp) / f"{phase}-{s}.json"
+                lam = None if self.lam is None else {"type": type(self.lam).__name__, **dataclasses.asdict(self.lam)}
+                job.write_text(json.dumps({"config": self.plan.cfg.to_dict(), "profile": self.paths.profile,
+                                           "root": str(self.paths.base), "phase": phase, "seed": s,
+                                           "rho": self.rho, "lam": lam, "out": str(Path(tmp) / f"{phase}-{s}.rows.json")}))
+                commands[s] = [sys.executable, "-m", "lib.related_sweep", str(job)]
+            failures = processes.run_parallel(commands, workers, progress, lambda s: f"06 cells phase {phase}, seed {s}")
+            if failures:
+                raise RuntimeError(f"{len(failures)} of {len(seeds)} seeds' cells failed:\n" + "\n".join(failures))
+            for s in seeds:
+                self.rows += json.loads((Path(tmp) / f"{phase}-{s}.rows.json").read_text())
+
+    def _phase(self, phase: str, seed: int) -> None:
+        if phase == "A":
+            self.sampler_cells(seed)
+            self.implied_cells(seed)
+        elif phase == "B":
+            self.set_B_cells(seed)
+        else:
+            raise ValueError(f"phase must be 'A' or 'B', got {phase!r}")
+
+    def sampler_cells(self, seed: int):
         """Every sampler of SAMPLERS on every arm (the control only under DDIM and PNDM)."""
         p = self.plan
-        for s in p.seeds:
-            for arm in p.image_arms:
-                for label, (method, n_of, opts) in SAMPLERS.items():
-                    if arm == p.control and p.finetune and label not in ("ddim", "pndm"):
-                        continue  # the control only anchors the CDM comparison
-                    for S in p.steps:
-                        self.cell(arm, label, n_of(S), s, method=method, **opts)
+        for arm in p.image_arms:
+            for label, (method, n_of, opts) in SAMPLERS.items():
+                if arm == p.control and p.finetune and label not in ("ddim", "pndm"):
+                    continue  # the control only anchors the CDM comparison
+                for S in p.steps:
+                    self.cell(arm, label, n_of(S), seed, method=method, **opts)
 
     def grid_search(self) -> tuple[list[dict], tuple, object]:
         """Skip-Tuning ρ and ε-scaling λ_t chosen by FD on the baseline of seed 0, set A, DDIM at the
         smallest step count; the untuned setting is a candidate too. Returns (table rows, ρ, λ)."""
         x, name, S0 = self.plan.cfg.experiment, self.ev.name, min(self.plan.steps)
-        base = self.models["baseline", 0]
+        base = self.model("baseline", 0)
         b0 = next(r for r in self.rows if r["arm"] == "baseline" and r["method"] == "ddim" and r["steps"] == S0
                   and r["seed"] == 0)
 
@@ -190,30 +235,34 @@ class Cells:
         best = {f: min((e for e in search if e["family"] == f), key=lambda e: e[name]) for f in ("skip-tuning", "eps-scaling")}
         for e in search:
             e["chosen"] = e is best[e["family"]]
-        self.rho, self.lam = best["skip-tuning"]["value"], best["eps-scaling"]["value"]
-        self.tuned_label = "ddim+" + skiptuning.SkipTuned(base, *self.rho).label
-        self.es_label = "ddim+" + self.lam.label
+        self.rho, self.lam = tuple(best["skip-tuning"]["value"]), best["eps-scaling"]["value"]
         return [{k: v for k, v in e.items() if k != "value"} for e in search], self.rho, self.lam
 
-    def set_B_cells(self):
-        """Plain and tuned DDIM on set B (other initial noise), baseline and S²-DM (= S²-DM + Skip-Tuning)."""
-        for s in self.plan.seeds:
-            for arm in ("baseline", "s2dm"):
-                m = self.models[arm, s]
-                for S in self.plan.steps:
-                    self.cell(arm, "ddim", S, s, set_B=True)
-                    self.cell(arm, self.tuned_label, S, s, set_B=True, model=skiptuning.SkipTuned(m, *self.rho), method="ddim")
-                    if arm == "baseline":
-                        self.cell(arm, self.es_label, S, s, set_B=True, model=epsscale.EpsScaled(m, self.lam), method="ddim")
+    @property
+    def tuned_label(self) -> str:
+        return "ddim+" + skiptuning.SkipTuned(self.model("baseline", 0), *self.rho).label
 
-    def implied_cells(self):
+    @property
+    def es_label(self) -> str:
+        return "ddim+" + self.lam.label
+
+    def set_B_cells(self, seed: int):
+        """Plain and tuned DDIM on set B (other initial noise), baseline and S²-DM (= S²-DM + Skip-Tuning)."""
+        for arm in ("baseline", "s2dm"):
+            m = self.model(arm, seed)
+            for S in self.plan.steps:
+                self.cell(arm, "ddim", S, seed, set_B=True)
+                self.cell(arm, self.tuned_label, S, seed, set_B=True, model=skiptuning.SkipTuned(m, *self.rho), method="ddim")
+                if arm == "baseline":
+                    self.cell(arm, self.es_label, S, seed, set_B=True, model=epsscale.EpsScaled(m, self.lam), method="ddim")
+
+    def implied_cells(self, seed: int):
         """The baseline ÷ the λ_t that S²-DM's loss implies (epsscale.implied_s2dm), DDIM, set A."""
         c = self.plan.cfg
         implied = epsscale.implied_s2dm(schedule_of(c), c.loss.skip, c.loss.tau)
-        for s in self.plan.seeds:
-            for S in self.plan.steps:
-                self.cell("baseline", "ddim+implied", S, s, model=epsscale.EpsScaled(self.models["baseline", s], implied),
-                          method="ddim")
+        for S in self.plan.steps:
+            self.cell("baseline", "ddim+implied", S, seed, model=epsscale.EpsScaled(self.model("baseline", seed), implied),
+                      method="ddim")
 
     # ------------------------------------------------------------------------ comparisons
     def compare(self, a: tuple, b: tuple, S: int, what: str) -> dict:
@@ -313,3 +362,26 @@ class _ImpliedWrapper:
 
     def __call__(self, model, arm):
         return epsscale.EpsScaled(model, self.lam)
+
+
+def _worker(job_file: str) -> int:
+    """``python -m lib.related_sweep JOB.json``: one phase of one training seed's cells, rows to job['out']."""
+    from lib.checkpoint import atomic_write_text
+    from lib.config import from_dict
+
+    job = json.loads(Path(job_file).read_text())
+    paths = Paths(job["profile"], Path(job["root"]))
+    plan = Plan.of(from_dict(job["config"]))
+    cells = Cells(plan, paths, ImageEvaluator(plan.cfg, paths, progress=False))
+    if job["rho"] is not None:
+        cells.rho = tuple(job["rho"])
+    if job["lam"] is not None:
+        lam = dict(job["lam"])
+        cells.lam = getattr(epsscale, lam.pop("type"))(**lam)
+    cells._phase(job["phase"], job["seed"])
+    atomic_write_text(job["out"], json.dumps(cells.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

@@ -7,23 +7,20 @@
 * Toy arms are trained with ``toy.n_seeds`` seeds each, in ``toy/<arm>-seed<s>``.
 
 :func:`train_parallel` runs unfinished runs as ``python -m lib.train ... --quiet`` subprocesses, at
-most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded: on a
-2-core machine two one-thread processes train about twice as many images per second as one
-two-thread process, and far more when other jobs share the cores (bench/seeds_speed.py).
+most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
+(lib.processes; bench/seeds_speed.py measures what it buys).
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lib import checkpoint as ckpt
+from lib import processes
 from lib.config import Config, get_config, toy_config, with_overrides
-from lib.paths import ROOT, Paths
+from lib.paths import Paths
 from lib.train import train
 
 ARMS = ("baseline", "s2dm")
@@ -137,42 +134,27 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
         else:
             pending.append(key)
     pending.sort(key=lambda k: -jobs[k].cfg.train.steps * (0 if jobs[k].toy else 1))  # images first
-    workers = max(1, min(workers or os.cpu_count() or 1, len(pending) or 1))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    running, failures, t_start = {}, [], time.time()
-    queue = list(pending)
+    workers = processes.n_workers(workers, len(pending))
+    t_start = time.time()
     if progress and pending:
         print(f"training {len(pending)} runs ({len(jobs) - len(pending)} already finished), {workers} at a time, "
               f"one thread each", flush=True)
-    while queue or running:
-        while queue and len(running) < workers:
-            key = queue.pop(0)
-            job = jobs[key]
-            cmd = None if workers == 1 else command_line(job)
-            if cmd is None:  # one worker, or not expressible as profile + --set: train it here, one thread
-                import torch
-                n = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    train(job.cfg, job.arm, job.out, progress=False)
-                finally:
-                    torch.set_num_threads(n)
-                continue
-            err = tempfile.TemporaryFile()
-            running[key] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err),
-                            err, time.time())
-        time.sleep(0.2)
-        for key in [k for k, (p, _, _) in running.items() if p.poll() is not None]:
-            p, err, t0 = running.pop(key)
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-15:]
-            err.close()
-            if p.returncode != 0:
-                failures.append(f"{jobs[key].out} ({jobs[key].arm}, seed {jobs[key].cfg.train.seed}) exited with "
-                                f"{p.returncode}:\n    " + "\n    ".join(tail))
-            elif progress:
-                print(f"  {key}: {time.time() - t0:.0f} s", flush=True)
+    commands = {}
+    for key in pending:
+        job = jobs[key]
+        cmd = None if workers == 1 else command_line(job)
+        if cmd is None:  # one worker, or not expressible as profile + --set: train it here, one thread
+            import torch
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                train(job.cfg, job.arm, job.out, progress=False)
+            finally:
+                torch.set_num_threads(n)
+        else:
+            commands[key] = cmd
+    failures = processes.run_parallel(commands, workers, progress,
+                                      lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})")
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(pending)} training runs failed (the others are kept; "
                            "run again to resume):\n" + "\n".join(failures))

@@ -9,10 +9,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
-from lib import data, generate, toymetrics
+from lib import data, generate, processes, toymetrics
 from lib.config import Config, toy_config
 from lib.evaluate import ImageEvaluator, image_cell
 from lib.factory import schedule_of
@@ -62,17 +66,57 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
 
 
 def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=ARMS, seeds=None, grid=None,
-                progress=True, report=None) -> list[dict]:
-    """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.evaluate.image_cell);
-    ``report(row)`` is called after each cell (e.g. to print it)."""
-    rows = []
-    for seed in (image_seeds(cfg) if seeds is None else seeds):
-        for arm in arms:
-            run = paths.require(image_run(paths, arm, seed) / "final.pt", "03_train").parent
-            model, _ = generate.load_model(run, ev.device)
-            for method in methods:
-                for S in steps:
-                    rows.append(image_cell(ev, model, cfg, arm, method, S, seed=seed, grid=grid, progress=progress))
-                    if report:
-                        report(rows[-1])
-    return rows
+                progress=True) -> list[dict]:
+    """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.evaluate.image_cell),
+    in that order.
+
+    With ``experiment.workers`` ≠ 1 and several (seed, arm) groups, each group runs in its own
+    single-threaded worker process (``python -m lib.sweep JOB.json``, lib.processes), at most
+    ``workers`` at a time; the cells are the same either way (same models, x_T and sampler noise)."""
+    seeds = list(image_seeds(cfg) if seeds is None else seeds)
+    groups = [(s, a) for s in seeds for a in arms]
+    for s, a in groups:
+        paths.require(image_run(paths, a, s) / "final.pt", "03_train")
+    workers = processes.n_workers(cfg.experiment.workers, len(groups))
+    if workers == 1:
+        return [r for s, a in groups for r in _group_cells(ev, cfg, paths, a, s, methods, steps, grid, progress)]
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {}
+        for s, a in groups:
+            job = Path(tmp) / f"{a}-{s}.json"
+            job.write_text(json.dumps({"config": cfg.to_dict(), "profile": paths.profile, "root": str(paths.base),
+                                       "arm": a, "seed": s, "methods": list(methods), "steps": list(steps),
+                                       "grid": grid, "out": str(Path(tmp) / f"{a}-{s}.rows.json")}))
+            commands[s, a] = [sys.executable, "-m", "lib.sweep", str(job)]
+        if progress:
+            print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells, {workers} processes at a time",
+                  flush=True)
+        failures = processes.run_parallel(commands, workers, progress, lambda k: f"image cells of {k[1]}, seed {k[0]}")
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(groups)} groups of image cells failed (the finished cells' "
+                               "samples and features are kept):\n" + "\n".join(failures))
+        return [r for s, a in groups for r in json.loads((Path(tmp) / f"{a}-{s}.rows.json").read_text())]
+
+
+def _group_cells(ev, cfg, paths, arm, seed, methods, steps, grid, progress):
+    model, _ = generate.load_model(image_run(paths, arm, seed), ev.device)
+    return [image_cell(ev, model, cfg, arm, method, S, seed=seed, grid=grid, progress=progress)
+            for method in methods for S in steps]
+
+
+def _worker(job_file: str) -> int:
+    """``python -m lib.sweep JOB.json``: the image cells of one (seed, arm) group, rows written to job['out']."""
+    from lib.checkpoint import atomic_write_text
+    from lib.config import from_dict
+
+    job = json.loads(Path(job_file).read_text())
+    cfg = from_dict(job["config"])
+    paths = Paths(job["profile"], Path(job["root"]))
+    ev = ImageEvaluator(cfg, paths, progress=False)
+    rows = _group_cells(ev, cfg, paths, job["arm"], job["seed"], job["methods"], job["steps"], job["grid"], False)
+    atomic_write_text(job["out"], json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))
