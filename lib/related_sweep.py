@@ -285,9 +285,12 @@ class Cells:
         S²-DM vs baseline ÷ implied λ (DDIM, set A)."""
         out = []
         for S in self.plan.steps:
-            out += [self.compare(("baseline", "ddim"), ("baseline", "ddim+implied"), S, "implied scaling on the baseline"),
-                    self.compare(("baseline", "ddim"), ("s2dm", "ddim"), S, "trained S²-DM vs baseline"),
-                    self.compare(("baseline", "ddim+implied"), ("s2dm", "ddim"), S, "trained S²-DM vs baseline ÷ implied λ")]
+            out += [{**self.compare(("baseline", "ddim"), ("baseline", "ddim+implied"), S, "implied scaling on the baseline"),
+                     "short": f"base vs base÷λ, S={S}"},
+                    {**self.compare(("baseline", "ddim"), ("s2dm", "ddim"), S, "trained S²-DM vs baseline"),
+                     "short": f"base vs S²-DM, S={S}"},
+                    {**self.compare(("baseline", "ddim+implied"), ("s2dm", "ddim"), S, "trained S²-DM vs baseline ÷ implied λ"),
+                     "short": f"base÷λ vs S²-DM, S={S}"}]
         return out
 
     def comparisons(self) -> list[dict]:
