@@ -161,6 +161,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    experiment: "ExperimentConfig" = field(default_factory=lambda: ExperimentConfig())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,6 +189,7 @@ def _gpu() -> Config:
         profile="gpu",
         train=replace(c.train, steps=40_000, ckpt_every=2000, amp="bf16", channels_last=True, fused_adam=True),
         sample=replace(c.sample, n_samples=10_000, batch_size=1000, steps=(10, 20, 50, 100, 1000)),
+        experiment=replace(c.experiment, n_seeds=3),
     )
 
 
@@ -207,6 +209,7 @@ def _cpu() -> Config:
         sample=SampleConfig(n_samples=500, batch_size=250, steps=(10, 20, 50, 100)),
         eval=EvalConfig(metric="classifier", n_boot=200, classifier_steps=1000, classifier_width=16),
         toy=ToyConfig(n_seeds=5, steps=2000, batch_size=512, n_samples=5000),
+        experiment=ExperimentConfig(n_seeds=3, **_RELATED_CPU),
     )
 
 
@@ -222,6 +225,7 @@ def _ci() -> Config:
         sample=SampleConfig(n_samples=64, batch_size=64, steps=(5, 10)),
         eval=EvalConfig(metric="classifier", n_boot=20, classifier_steps=100, classifier_width=8),
         toy=ToyConfig(n_seeds=2, steps=100, batch_size=256, hidden=32, n_samples=500, sample_steps=(5, 10)),
+        experiment=ExperimentConfig(n_seeds=2, workers=1, **_RELATED_CI),
     )
 
 
@@ -360,6 +364,7 @@ def validate(cfg: Config) -> Config:
         n = min(n_images, data.n_train) if data.n_train > 0 else n_images
         need(t.batch_size <= n, f"train.batch_size={t.batch_size} exceeds the {n} training images of "
              f"{data.dataset} (data.n_train={data.n_train}): lower train.batch_size")
+    validate_experiment(cfg.experiment, d.T)
     return cfg
 
 
@@ -414,3 +419,54 @@ def load_json(path) -> Config:
         return from_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+# ---------------------------------------------------------------------------- the experiment design
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """How many training seeds the image comparison rests on, how they are trained, and the plan of
+    notebook 06 (the neighbouring methods). Image seed s of every arm is ``train.seed = s``: the arms
+    of one seed share initial weights, data order and noise streams (a paired design).
+
+    0 in a ``related_*``/``cdm_*`` size means "the profile's own value" (``sample.n_samples``,
+    ``toy.n_samples``, ``loss.cdm_steps``); ``cdm_finetune = 0`` trains the CDM arm from scratch."""
+
+    n_seeds: int = 1  # image training seeds per arm (the paper trains one)
+    workers: int = 0  # parallel single-threaded training processes; 0: os.cpu_count(); 1: in this process
+    related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
+    related_n_samples: int = 0  # samples per image cell in 06
+    related_toy_samples: int = 0  # samples per toy cell in 06 (its MMD costs ~1 s per cell at 5000)
+    cdm_finetune: int = 0  # > 0: the CDM arm (and its control) fine-tune the baseline for this many steps
+    cdm_toy_finetune: int = 0  # the same for the toy
+    cdm_chain_steps: int = 0  # Euler–Maruyama steps per CDM chain during the fine-tune
+    cdm_ft_ema_decay: float = 0.99  # EMA decay during the fine-tune, so the EMA weights reflect it
+    rho_top: tuple[float, ...] = (1.0, 0.95, 0.9)  # Skip-Tuning grid (outer skips)
+    rho_bottom: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # Skip-Tuning grid (inner skips)
+    es_b: tuple[float, ...] = (1.002, 1.004, 1.006, 1.01, 1.02)  # eps scaling: constant λ grid
+    es_k: tuple[float, ...] = (-0.01, 0.01, 0.02)  # eps scaling: slopes around the best constant
+
+
+# Notebook 06 at the small profiles: cpu chosen to fit a few minutes on 2 cores per seed.
+_RELATED_CI = dict(related_steps=(5, 10), cdm_finetune=6, cdm_toy_finetune=20, cdm_chain_steps=2,
+                   rho_top=(1.0, 0.9), rho_bottom=(1.0, 0.8), es_b=(1.005, 1.02), es_k=(0.02,))
+_RELATED_CPU = dict(related_steps=(10, 20), related_n_samples=250, related_toy_samples=1000, cdm_finetune=100,
+                    cdm_toy_finetune=100, cdm_chain_steps=2, rho_top=(1.0, 0.98), rho_bottom=(1.0, 0.95, 0.9, 0.8),
+                    es_b=(1.002, 1.005, 1.01, 1.02), es_k=(-0.02, 0.02))
+
+
+def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
+    """Reject an impossible experiment design, naming the key."""
+    if x.n_seeds < 1 or x.workers < 0:
+        raise ConfigError(f"experiment.n_seeds must be >= 1 and experiment.workers >= 0, got {x.n_seeds}, {x.workers}")
+    if not x.related_steps or not all(isinstance(k, int) and 1 <= k <= T for k in x.related_steps):
+        raise ConfigError(f"experiment.related_steps must be positive integers <= T={T}, got {x.related_steps}")
+    for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps"):
+        if getattr(x, k) < 0:
+            raise ConfigError(f"experiment.{k} must be >= 0 (0: the profile's value), got {getattr(x, k)}")
+    if x.related_n_samples == 1 or x.related_toy_samples == 1:
+        raise ConfigError("experiment.related_n_samples / related_toy_samples must be 0 or >= 2")
+    if not 0.0 <= x.cdm_ft_ema_decay < 1.0:
+        raise ConfigError(f"experiment.cdm_ft_ema_decay must lie in [0, 1), got {x.cdm_ft_ema_decay}")
+    for k in ("rho_top", "rho_bottom", "es_b"):
+        if not getattr(x, k) or not all(isinstance(v, (int, float)) and v > 0 for v in getattr(x, k)):
+            raise ConfigError(f"experiment.{k} must be a non-empty tuple of positive numbers, got {getattr(x, k)}")
+    return x

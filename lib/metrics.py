@@ -1,165 +1,24 @@
-"""Offline metrics: the classifier Fréchet distance (FD_clf) with bootstrap intervals, and exact toy metrics.
+"""The Fréchet distance and its bootstrap intervals (FD_clf on classifier features, or FID).
 
 FD_clf is the Fréchet distance d² = ‖μ₁ − μ₂‖² + Tr(C₁ + C₂ − 2(C₁C₂)^{1/2}) (the FID formula) between
-Gaussians fitted to the penultimate features of a small CNN classifier trained on the dataset's own
-labels. It runs without downloads on digits, MNIST-5k and CIFAR-10. It is *not* FID: its numbers are
-on another scale and must never be compared with Inception FID (see ``lib/fid.py`` for that).
+Gaussians fitted to the penultimate features of the small classifier of :mod:`lib.classifier`. It is
+*not* FID: its numbers are on another scale and must never be compared with Inception FID (see
+``lib/fid.py`` for that).
 
 Uncertainty (:func:`fd_bootstrap`, :func:`compare_bootstrap`) resamples the *generated* features
 with replacement and keeps the reference statistics fixed: the question is how much FD would move
-with another draw of generated samples from the same model, against the same reference set.
-FD is biased upwards at finite n (a resample holds ≈63% distinct points), so the bootstrap
-distribution sits slightly above the point estimate; the intervals are plain percentile intervals.
-
-Toy metrics (:func:`toy_metrics`) compare 2-D samples with the known Gaussian mixture (``lib/data.GMM``).
+with another draw of generated samples from the same model, against the same reference set (the
+variation over *training seeds* is :mod:`lib.stats`'s). FD is biased upwards at finite n (a resample
+holds ≈63% distinct points), so the bootstrap distribution sits slightly above the point estimate;
+the intervals are bias-corrected percentile intervals.
 """
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from scipy import linalg
 
-from lib.checkpoint import atomic_write_bytes
 
-CLASSIFIER_DATASETS = ("digits", "mnist", "cifar10")
-
-
-# ============================================================================ the feature classifier
-class FeatureClassifier(nn.Module):
-    """conv3×3 → SiLU → avgpool2 → conv3×3 → SiLU → avgpool2 → conv3×3 → SiLU → adaptive avgpool
-    (4×4, or 2×2 below 16 px) → linear → SiLU (the features, 4·width wide) → linear head.
-
-    SiLU rather than ReLU keeps the features free of exact zeros (dead units make the feature
-    covariance singular)."""
-
-    def __init__(self, in_channels: int, resolution: int, n_classes: int, width: int = 32):
-        super().__init__()
-        self.arch = dict(in_channels=in_channels, resolution=resolution, n_classes=n_classes, width=width)
-        w = width
-        pooled = 4 if resolution >= 16 else 2
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
-            nn.Linear(2 * w * pooled * pooled, 4 * w), nn.SiLU(),
-        )
-        self.head = nn.Linear(4 * w, n_classes)
-        self.feature_dim = 4 * w
-        self.meta: dict = {}
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        c, r = self.arch["in_channels"], self.arch["resolution"]
-        if x.ndim != 4 or x.shape[1] != c or x.shape[2:] != (r, r):
-            raise ValueError(f"this classifier takes images [N, {c}, {r}, {r}] in [-1, 1], got {tuple(x.shape)}")
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def train_classifier(images_uint8: torch.Tensor, labels: torch.Tensor, *, steps: int, width: int, seed: int = 0,
-                     device="cpu", progress: bool = True, batch_size: int = 128, lr: float = 2e-3) -> nn.Module:
-    """Train :class:`FeatureClassifier` with Adam on 90% of the images (in model range [-1, 1]);
-    the accuracy on the held-out 10% is printed and stored in ``model.meta['heldout_accuracy']``.
-    Returns the model in eval mode on ``device``."""
-    from lib.progress import tqdm
-
-    from lib.data import to_model_range
-
-    if labels is None:
-        raise ValueError("the classifier needs labels; this dataset has none (use eval.metric='inception')")
-    n, c, h, w = images_uint8.shape
-    if h != w:
-        raise ValueError(f"square images expected, got {h}x{w}")
-    labels = torch.as_tensor(labels, dtype=torch.int64)
-    n_classes = int(labels.max()) + 1
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    n_val = max(1, n // 10)
-    val_idx, tr_idx = perm[:n_val], perm[n_val:]
-    x_all = to_model_range(images_uint8).to(device)
-    y_all = labels.to(device)
-
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
-        torch.manual_seed(seed)
-        model = FeatureClassifier(c, h, n_classes, width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    t0 = time.time()
-    bar = tqdm(range(steps), desc="FD_clf classifier", disable=not progress)
-    for _ in bar:
-        b = tr_idx[torch.randint(len(tr_idx), (batch_size,), generator=gen)].to(device)
-        loss = F.cross_entropy(model(x_all[b]), y_all[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    with torch.no_grad():
-        val_idx = val_idx.to(device)
-        pred = torch.cat([model(x_all[val_idx[i:i + 1000]]).argmax(1) for i in range(0, n_val, 1000)])
-        acc = float((pred == y_all[val_idx]).float().mean())
-    model.meta = dict(heldout_accuracy=acc, n_train=len(tr_idx), n_heldout=n_val, steps=steps, seed=seed,
-                      batch_size=batch_size, lr=lr, train_seconds=round(time.time() - t0, 1))
-    if progress:
-        print(f"FD_clf classifier: held-out accuracy {acc:.3f} on {n_val} images after {steps} steps")
-    return model
-
-
-def classifier_key(data_cfg, eval_cfg) -> str:
-    return (f"{data_cfg.dataset}_{data_cfg.image_size}px_w{eval_cfg.classifier_width}"
-            f"_s{eval_cfg.classifier_steps}")
-
-
-def get_classifier(data_cfg, eval_cfg, cache_dir="data/classifiers", device="cpu", progress: bool = True) -> nn.Module:
-    """The FD_clf classifier for this dataset and image size: trained once on *all* labelled images of
-    the dataset (whatever ``data.n_train`` is), then cached as ``<key>.pt`` (state dict) and
-    ``<key>.json`` (architecture, accuracy, settings), with key dataset/image_size/width/steps."""
-    from lib.data import load_images
-
-    if data_cfg.dataset not in CLASSIFIER_DATASETS:
-        raise ValueError(f"FD_clf needs a labelled image dataset ({', '.join(CLASSIFIER_DATASETS)}), got "
-                         f"{data_cfg.dataset!r}; use eval.metric='inception' for CelebA")
-    cache_dir = Path(cache_dir)
-    key = classifier_key(data_cfg, eval_cfg)
-    pt, js = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
-    if pt.is_file() and js.is_file():
-        meta = json.loads(js.read_text())
-        model = FeatureClassifier(**meta["arch"])
-        model.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
-        model.meta = meta
-        return model.to(device).eval()
-
-    images, labels = load_images(replace(data_cfg, n_train=0))
-    model = train_classifier(images, labels, steps=eval_cfg.classifier_steps, width=eval_cfg.classifier_width,
-                             device=device, progress=progress)
-    meta = dict(model.meta, arch=model.arch, key=key, dataset=data_cfg.dataset, image_size=data_cfg.image_size,
-                feature_dim=model.feature_dim, n_images=len(images))
-    model.meta = meta
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(pt, lambda f: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f))
-    atomic_write_bytes(js, lambda f: f.write(json.dumps(meta, indent=2).encode()))
-    return model
-
-
-@torch.no_grad()
-def features(model: nn.Module, x_model_range: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Penultimate features of ``x`` (images in [-1, 1]) as a float64 numpy array [N, D]."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = [model.features(x_model_range[i:i + batch_size].to(dev, torch.float32)).double().cpu()
-           for i in range(0, len(x_model_range), batch_size)]
-    return torch.cat(out).numpy()
-
-
-# ============================================================================ Fréchet distance
 def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
     """d² = ‖μ₁ − μ₂‖² + Tr(C₁) + Tr(C₂) − 2 Tr((C₁C₂)^{1/2}) in float64.
 
@@ -304,77 +163,3 @@ def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95
     return dict(fd_a=fa, fd_b=fb, diff=fa - fb, diff_lo=d_lo, diff_hi=d_hi, diff_std=float(diff.std(ddof=1)),
                 rel=(fa - fb) / fa, rel_lo=r_lo, rel_hi=r_hi, excludes_zero=bool(d_lo > 0 or d_hi < 0),
                 n_a=len(f_a), n_b=len(f_b), n_boot=n_boot, level=level, paired=paired)
-
-
-# ============================================================================ toy metrics
-MMD_BANDWIDTHS = (0.1, 0.3, 1.0)
-
-
-def mmd2_rbf(x, y, bandwidths=MMD_BANDWIDTHS) -> float:
-    """Unbiased MMD² with the kernel k(a, b) = mean_h exp(−‖a − b‖²/(2h²)) over fixed bandwidths h
-    (the toy modes' std 0.1, 3× that, and the scale of the whole distribution). Can be slightly
-    negative when the two samples come from the same distribution (its expectation is then 0)."""
-    x = torch.as_tensor(x, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-
-    def k(a, b):
-        d2 = torch.cdist(a, b).square()
-        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths) / len(bandwidths)
-
-    n, m = len(x), len(y)
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
-
-
-def toy_metrics(samples, gmm, *, ref_samples=None, seed: int = 0, max_mmd: int = 2000,
-                coverage_frac: float = 0.01, radius_std: float = 3.0) -> dict:
-    """Metrics of 2-D samples against the known mixture ``gmm`` (null value for exact samples in brackets).
-
-    * ``fd_exact``: Fréchet distance between the samples' mean/covariance and the mixture's exact
-      ``mean()``/``cov()`` [≈ 0, O(1/n)]. It sees only the first two moments.
-    * ``nll``: mean −log p(sample) under the true density; ``nll_ref``: the same for reference
-      samples, a Monte-Carlo estimate of the entropy H(p), its null value. Not a divergence: samples
-      piled on the mode centres score *below* ``nll_ref``, so read it with the others.
-    * ``mmd``: unbiased RBF MMD² (bandwidths ``MMD_BANDWIDTHS``) against reference samples, on at
-      most ``max_mmd`` points of each [≈ 0].
-    * ``mode_coverage``: fraction of modes with at least ``coverage_frac`` of the samples within
-      ``radius_std``·std of their centre [1].
-    * ``frac_in_modes``: fraction of samples within ``radius_std``·std of some mode centre
-      [``frac_in_modes_expected`` = P(χ²_d ≤ radius_std²) = 0.989 in 2-D]; samples stranded between
-      modes lower it.
-    * ``mode_tv``: total variation between the share of samples nearest to each mode and the
-      mixture weights [≈ 0, O(√(K/n))]; mode dropping or imbalance raises it.
-
-    Reference samples default to ``max(n, 10000)`` fresh draws with ``torch.Generator().manual_seed(seed)``."""
-    from scipy.stats import chi2
-
-    x = torch.as_tensor(samples).detach().to("cpu", torch.float64)
-    if x.ndim != 2 or x.shape[1] != gmm.dim or len(x) < 2:
-        raise ValueError(f"samples must be [n >= 2, {gmm.dim}], got {tuple(x.shape)}")
-    bad = int((~torch.isfinite(x).all(1)).sum())
-    if bad:
-        raise ValueError(f"{bad} of {len(x)} samples are not finite (the sampler diverged); no metric is meaningful")
-    gen = torch.Generator().manual_seed(seed)
-    ref = (gmm.sample(max(len(x), 10_000), generator=gen) if ref_samples is None else torch.as_tensor(ref_samples))
-    ref = ref.detach().to("cpu", torch.float64)
-
-    fd = frechet_distance(x.mean(0).numpy(), torch.cov(x.T).numpy(), gmm.mean().numpy(), gmm.cov().numpy())
-    sub_x = x[torch.randperm(len(x), generator=gen)[:max_mmd]]
-    sub_r = ref[torch.randperm(len(ref), generator=gen)[:max_mmd]]
-
-    d = torch.cdist(x, gmm.means)  # [n, K]
-    near = d <= radius_std * gmm.std
-    counts = near.sum(0).double()
-    share = torch.bincount(d.argmin(1), minlength=gmm.n_modes).double() / len(x)
-    return dict(
-        fd_exact=fd,
-        nll=float(-gmm.log_prob(x).mean()),
-        nll_ref=float(-gmm.log_prob(ref).mean()),
-        mmd=mmd2_rbf(sub_x, sub_r),
-        mode_coverage=float((counts >= coverage_frac * len(x)).double().mean()),
-        frac_in_modes=float(near.any(1).double().mean()),
-        frac_in_modes_expected=float(chi2.cdf(radius_std**2, gmm.dim)),
-        mode_tv=float(0.5 * (share - gmm.weights).abs().sum()),
-        n=len(x),
-    )

@@ -40,7 +40,7 @@ except ImportError:  # not POSIX: no lock (documented in README "When things go 
 
 # Keys that may change between a run and its resumption: they do not alter the trajectory.
 RESUMABLE_KEYS = {"train.steps", "train.ckpt_every", "train.log_every", "train.keep_ckpts", "train.device",
-                  "train.compile", "data.root", "data.download", "sample", "eval", "toy", "profile"}
+                  "train.compile", "data.root", "data.download", "sample", "eval", "toy", "experiment", "profile"}
 MOVABLE = ("config.json", "run.json", "loss.csv", "final.pt", "final.json", "seed.json")
 
 

@@ -1,11 +1,11 @@
-"""Metrics: Fréchet distance identities (float64), bootstrap intervals, FD_clf classifier, toy metrics."""
+"""Metrics: Fréchet distance identities (float64), bootstrap intervals (lib.metrics), the FD_clf classifier (lib.classifier), toy metrics (lib.toymetrics)."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from lib import data, metrics
+from lib import classifier, data, metrics, toymetrics
 from lib.config import get_config
 
 
@@ -102,32 +102,32 @@ def test_compare_bootstrap_detects_a_real_difference_and_not_a_null_one():
 # ---------------------------------------------------------------------------- classifier (FD_clf)
 def test_classifier_learns_digits_and_features():
     x, y = data.load_images(replace(get_config("ci").data, dataset="digits", image_size=8))
-    model = metrics.train_classifier(x, y, steps=200, width=16, seed=0, progress=False)
+    model = classifier.train_classifier(x, y, steps=200, width=16, seed=0, progress=False)
     assert model.meta["heldout_accuracy"] > 0.85
-    f = metrics.features(model, data.to_model_range(x[:300]), batch_size=128)
+    f = classifier.features(model, data.to_model_range(x[:300]), batch_size=128)
     assert f.dtype == np.float64 and f.shape == (300, 64)
     # real digits are closer to real digits than noise images are
     noise = torch.rand(300, 1, 8, 8) * 2 - 1
-    f_ref = metrics.features(model, data.to_model_range(x[300:900]))
-    assert metrics.fd_from_features(f, f_ref) < 0.2 * metrics.fd_from_features(metrics.features(model, noise), f_ref)
+    f_ref = classifier.features(model, data.to_model_range(x[300:900]))
+    assert metrics.fd_from_features(f, f_ref) < 0.2 * metrics.fd_from_features(classifier.features(model, noise), f_ref)
     with pytest.raises(ValueError, match=r"\[N, 1, 8, 8\]"):
-        metrics.features(model, torch.zeros(2, 3, 8, 8))
+        classifier.features(model, torch.zeros(2, 3, 8, 8))
 
 
 def test_get_classifier_caches_and_round_trips(tmp_path, monkeypatch):
     cfg = get_config("ci", ["eval.classifier_steps=30"])
-    m1 = metrics.get_classifier(cfg.data, cfg.eval, cache_dir=tmp_path, progress=False)
-    key = metrics.classifier_key(cfg.data, cfg.eval)
+    m1 = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=tmp_path, progress=False)
+    key = classifier.classifier_key(cfg.data, cfg.eval)
     assert key == "digits_8px_w8_s30"
     assert (tmp_path / f"{key}.pt").is_file() and (tmp_path / f"{key}.json").is_file()
     assert not list(tmp_path.glob(".*.tmp"))
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
-    m2 = metrics.get_classifier(cfg.data, cfg.eval, cache_dir=tmp_path)
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    m2 = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=tmp_path)
     x = torch.rand(10, 1, 8, 8) * 2 - 1
-    assert np.array_equal(metrics.features(m1, x), metrics.features(m2, x))
+    assert np.array_equal(classifier.features(m1, x), classifier.features(m2, x))
     assert m2.meta["heldout_accuracy"] == m1.meta["heldout_accuracy"] and m2.meta["feature_dim"] == 32
     with pytest.raises(ValueError, match="inception"):
-        metrics.get_classifier(replace(cfg.data, dataset="celeba"), cfg.eval, cache_dir=tmp_path)
+        classifier.get_classifier(replace(cfg.data, dataset="celeba"), cfg.eval, cache_dir=tmp_path)
 
 
 # ---------------------------------------------------------------------------- toy metrics
@@ -138,7 +138,7 @@ def ring():
 
 def test_toy_metrics_of_true_samples_are_null(ring):
     x = ring.sample(5000, torch.Generator().manual_seed(1))
-    m = metrics.toy_metrics(x, ring, seed=0)
+    m = toymetrics.toy_metrics(x, ring, seed=0)
     assert m["fd_exact"] < 0.01
     assert abs(m["nll"] - m["nll_ref"]) < 0.05
     assert abs(m["mmd"]) < 2e-3
@@ -149,18 +149,18 @@ def test_toy_metrics_of_true_samples_are_null(ring):
 
 def test_toy_metrics_detect_shift_and_collapse(ring):
     x = ring.sample(5000, torch.Generator().manual_seed(1))
-    null = metrics.toy_metrics(x, ring, seed=0)
-    shifted = metrics.toy_metrics(x + torch.tensor([0.5, 0.0]), ring, seed=0)
+    null = toymetrics.toy_metrics(x, ring, seed=0)
+    shifted = toymetrics.toy_metrics(x + torch.tensor([0.5, 0.0]), ring, seed=0)
     assert shifted["fd_exact"] > 0.2 and shifted["nll"] > null["nll"] + 5
     assert shifted["mmd"] > 50 * max(abs(null["mmd"]), 1e-4) and shifted["frac_in_modes"] < 0.5
-    collapsed = metrics.toy_metrics(ring.means[0].float() + 0.1 * torch.randn(5000, 2), ring, seed=0)
+    collapsed = toymetrics.toy_metrics(ring.means[0].float() + 0.1 * torch.randn(5000, 2), ring, seed=0)
     assert collapsed["mode_coverage"] == 1 / 8 and collapsed["mode_tv"] > 0.85
     assert collapsed["fd_exact"] > 1.0 and collapsed["mmd"] > 0.1
     # samples piled on the centres have a *lower* NLL than true samples: NLL alone is not a divergence
-    sharp = metrics.toy_metrics(ring.means.float().repeat(100, 1), ring, seed=0)
+    sharp = toymetrics.toy_metrics(ring.means.float().repeat(100, 1), ring, seed=0)
     assert sharp["nll"] < null["nll_ref"] and sharp["mode_coverage"] == 1.0
     with pytest.raises(ValueError, match="not finite"):
-        metrics.toy_metrics(torch.full((10, 2), float("nan")), ring)
+        toymetrics.toy_metrics(torch.full((10, 2), float("nan")), ring)
 
 
 def test_paired_comparison_is_narrower_for_paired_samples():

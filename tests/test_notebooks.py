@@ -45,3 +45,56 @@ def test_missing_inputs_name_the_producing_notebook(tmp_path):
                         "--root", str(tmp_path), "--no-html"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1
     assert "05_fid_tables" in r.stderr and "04_sampler_sweeps" in r.stderr
+
+
+RESULT_SUFFIXES = (".png", ".csv", ".md")
+
+
+def result_mismatches(written: Path, committed: Path, notebooks=NOTEBOOKS) -> list[str]:
+    """What is wrong with ``committed`` (figures/cpu/) given the files the notebooks ``written``: every PNG
+    and table present, none orphaned, HTML (if any) one per notebook, nothing else but README.md."""
+    want = {p.name for p in written.iterdir() if p.suffix in RESULT_SUFFIXES}
+    have = {p.name for p in committed.iterdir() if p.suffix in RESULT_SUFFIXES} - {"README.md"}
+    problems = []
+    if want - have:
+        problems.append(f"missing from {committed}: {sorted(want - have)}")
+    if have - want:
+        problems.append(f"orphaned in {committed} (no notebook writes them): {sorted(have - want)}")
+    html = {p.name for p in committed.glob("*.html")}
+    if html and html != {nb.stem + ".html" for nb in notebooks}:
+        problems.append(f"the HTML in {committed} does not match the notebooks: {sorted(html)}")
+    other = {p.name for p in committed.iterdir()} - have - html - {"README.md"}
+    if other:
+        problems.append(f"{committed} holds files that should not be committed: {sorted(other)}")
+    return problems
+
+
+def test_result_mismatches_finds_missing_orphaned_and_stray_files(tmp_path):
+    w, c = tmp_path / "w", tmp_path / "c"
+    w.mkdir(), c.mkdir()
+    for n in ("05_a.png", "05_t.csv", "05_t.md", "05_a.pdf", "05_x.ipynb"):
+        (w / n).write_text("x")
+    for n in ("05_a.png", "05_t.csv", "05_t.md"):
+        (c / n).write_text("x")
+    assert result_mismatches(w, c, notebooks=[]) == []
+    (c / "05_t.md").unlink()
+    (c / "06_old.png").write_text("x")
+    (c / "05_a.pdf").write_text("x")
+    (c / "05_fid_tables.html").write_text("x")
+    got = " | ".join(result_mismatches(w, c, notebooks=[Path("05_fid_tables.ipynb"), Path("06_x.ipynb")]))
+    assert "missing" in got and "05_t.md" in got and "orphaned" in got and "06_old.png" in got
+    assert "HTML" in got and "05_a.pdf" in got
+
+
+def test_committed_cpu_results_match_what_the_notebooks_write(out_root):
+    """figures/cpu/ (committed from a full `make reproduce PROFILE=cpu`) holds exactly the PNGs and tables
+    the notebooks write (the same names at every profile; here: what they wrote at ci above). Runs after
+    the notebook tests of this module."""
+    ci = out_root / "figures" / "ci"
+    if not all((ci / nb.name).exists() for nb in NOTEBOOKS):
+        pytest.skip("needs every notebook's ci outputs: run the whole of tests/test_notebooks.py")
+    committed = ROOT / "figures" / "cpu"
+    if not committed.is_dir():
+        pytest.skip("figures/cpu/ is not committed yet (the results of make reproduce PROFILE=cpu)")
+    problems = result_mismatches(ci, committed)
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,118 @@
+"""Image cells: generate one (arm, sampler, steps, training seed) sample set, store it, measure it.
+
+The metric is the offline classifier Fréchet distance (``FD_clf``, never called FID; lib.classifier
+and lib.metrics) with a bootstrap interval over the generated samples, or Inception FID (clean-fid)
+at profiles gpu/paper. The samples (uint8) and their features are saved under
+``data/runs/<profile>/{samples,features}/`` so that later notebooks form paired comparisons from files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import classifier, data, generate, metrics, samplers
+from lib.config import Config
+from lib.factory import resolve_device, schedule_of
+from lib.paths import Paths
+
+
+class ImageEvaluator:
+    """Features of the metric network and the reference set (the training images), computed once."""
+
+    def __init__(self, cfg: Config, paths: Paths, device=None, progress=True):
+        self.cfg, self.paths = cfg, paths
+        self.device = device or resolve_device(cfg.train.device)
+        self.metric = cfg.eval.metric
+        if self.metric == "classifier":
+            images, labels = data.load_images(cfg.data)
+            if labels is None:
+                raise ValueError(f"the classifier metric needs labels; {cfg.data.dataset} has none: use eval.metric=inception")
+            self.net = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=paths.base / "data" / "classifiers",
+                                                 device=self.device, progress=progress)
+            self.ref = classifier.features(self.net, data.to_model_range(images).to(self.device))
+        else:  # Inception FID against clean-fid's stored training-set statistics (checked offline first)
+            from lib import fid
+
+            self.fid = fid
+            self.ref = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", cfg.eval.fid_mode)
+        self.name = "FD_clf" if self.metric == "classifier" else "FID"
+
+    def features(self, x_model_range: torch.Tensor) -> np.ndarray:
+        if self.metric == "classifier":
+            return classifier.features(self.net, x_model_range.to(self.device))
+        return self.fid.inception_features(data.from_model_range(x_model_range), mode=self.cfg.eval.fid_mode,
+                                           device=self.device)
+
+    def score(self, feats: np.ndarray, seed: int = 0) -> dict:
+        return metrics.fd_bootstrap(feats, self.ref, n_boot=self.cfg.eval.n_boot, level=self.cfg.eval.ci_level,
+                                    seed=seed)
+
+
+def metric_name(cfg: Config) -> str:
+    return "FD_clf" if cfg.eval.metric == "classifier" else "FID"
+
+
+def _cell_name(cfg: Config, arm: str, method: str, steps: int, seed: int) -> str:
+    # The sample set (its size and seed) is part of the name, so notebooks that measure the same
+    # (arm, sampler, steps) on other sample sets (06: fewer samples, sets A/B) never overwrite 04's;
+    # training seed 0 keeps the name it had when there was one seed.
+    run = arm if seed == 0 else f"{arm}-seed{seed}"
+    return f"{run}__{method}__S{steps}__n{cfg.sample.n_samples}__seed{cfg.sample.seed}"
+
+
+def features_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int, seed: int = 0) -> Path:
+    return paths.runs / "features" / f"{_cell_name(cfg, arm, method, steps, seed)}.npy"
+
+
+def samples_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int, seed: int = 0) -> Path:
+    return paths.runs / "samples" / f"{_cell_name(cfg, arm, method, steps, seed)}.pt"
+
+
+def load_features(paths: Paths, cfg: Config, arm: str, method: str, steps: int, seed: int = 0,
+                  producer: str = "04_sampler_sweeps") -> np.ndarray:
+    return np.load(paths.require(features_path(paths, cfg, arm, method, steps, seed), producer))
+
+
+def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str, steps: int, *, seed: int = 0,
+               grid=None, progress=True, label: str | None = None, **options) -> dict:
+    """Generate ``sample.n_samples`` images for one cell of training seed ``seed``, save samples and
+    features, score them.
+
+    ``label`` names the cell in files and tables (default: the method name), so a sampler with
+    options (or a wrapped model) gets a name of its own."""
+    label = label or method
+    schedule = schedule_of(cfg)
+    m = cfg.model
+    info = {}
+    x = generate.generate(eps_model, schedule, (m.in_channels, m.resolution, m.resolution), cfg.sample.n_samples,
+                          method=method, num_steps=steps, grid=samplers.grid_for(method, grid or cfg.sample.grid),
+                          batch_size=cfg.sample.batch_size, seed=cfg.sample.seed, device=ev.device,
+                          progress=progress, info=info, **options)
+    generate.save_samples(x, samples_path(ev.paths, cfg, arm, label, steps, seed))
+    # Score the images as they would be stored (uint8), as FID tools do.
+    x = data.to_model_range(data.from_model_range(x))
+    f = ev.features(x)
+    p = features_path(ev.paths, cfg, arm, label, steps, seed)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    np.save(p, f)
+    s = ev.score(f)
+    return {"arm": arm, "seed": seed, "method": label, "steps": steps, "nfe": info["nfe"], ev.name: s["value"],
+            "lo": s["lo"], "hi": s["hi"], "n": s["n"]}
+
+
+def save_reference(ev: ImageEvaluator) -> Path:
+    """The reference features (classifier) or (μ, Σ) (Inception) for notebook 05, as ``reference.npz``."""
+    p = ev.paths.runs / "features" / "reference.npz"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(ev.ref, tuple):
+        np.savez(p, mu=ev.ref[0], sigma=ev.ref[1])
+    else:
+        np.savez(p, features=ev.ref)
+    return p
+
+
+def load_reference(paths: Paths):
+    with np.load(paths.require(paths.runs / "features" / "reference.npz", "04_sampler_sweeps")) as f:
+        return f["features"] if "features" in f else (f["mu"], f["sigma"])

@@ -1,0 +1,49 @@
+"""A pool of single-threaded worker processes: how the experiment uses several cores.
+
+On a small machine shared with other jobs, k one-thread processes keep k cores busy with no
+synchronisation between threads, where one k-thread process loses much of its speed to contention
+(bench/seeds_speed.py measures it). Each command runs with OMP_NUM_THREADS=1 from the repository
+root, with this repository first on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+
+from lib.paths import ROOT
+
+
+def worker_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def n_workers(requested: int, n_jobs: int) -> int:
+    """``requested`` (0: os.cpu_count()), at most one per job, at least 1."""
+    return max(1, min(requested or os.cpu_count() or 1, n_jobs or 1))
+
+
+def run_parallel(commands: dict, workers: int, progress: bool = True, describe=str) -> list[str]:
+    """Run {key: argv} with at most ``workers`` at a time, in the given order. A failure does not stop
+    the others; returns one message per failed command (``describe(key)``, exit code, stderr tail)."""
+    queue, running, failures = list(commands), {}, []
+    env = worker_env()
+    while queue or running:
+        while queue and len(running) < workers:
+            key = queue.pop(0)
+            err = tempfile.TemporaryFile()
+            running[key] = (subprocess.Popen(commands[key], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err),
+                            err, time.time())
+        time.sleep(0.2)
+        for key in [k for k, (p, _, _) in running.items() if p.poll() is not None]:
+            p, err, t0 = running.pop(key)
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-15:]
+            err.close()
+            if p.returncode != 0:
+                failures.append(f"{describe(key)} exited with {p.returncode}:\n    " + "\n    ".join(tail))
+            elif progress:
+                print(f"  {describe(key)}: {time.time() - t0:.0f} s", flush=True)
+    return failures

@@ -1,0 +1,173 @@
+"""The training runs of the experiment: where each lives, and training them as parallel processes.
+
+* Image arms are trained with ``experiment.n_seeds`` seeds each; seed s of every arm is
+  ``train.seed = s`` (lib.train seeds initial weights, data order and noise streams from it), so the
+  arms of one seed differ only in the loss. Seed 0 lives in ``images/<arm>`` (as with one seed),
+  seed s > 0 in ``images/<arm>-seed<s>``.
+* Toy arms are trained with ``toy.n_seeds`` seeds each, in ``toy/<arm>-seed<s>``.
+
+:func:`train_parallel` runs unfinished runs as ``python -m lib.train ... --quiet`` subprocesses, at
+most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
+(lib.processes; bench/seeds_speed.py measures what it buys).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib import checkpoint as ckpt
+from lib import processes
+from lib.config import Config, get_config, toy_config, with_overrides
+from lib.paths import Paths
+from lib.train import train
+
+ARMS = ("baseline", "s2dm")
+
+
+# ---------------------------------------------------------------------------- where runs live
+def image_run(paths: Paths, arm: str, seed: int = 0) -> Path:
+    """The run directory of image arm ``arm``, training seed ``seed``."""
+    return paths.run(f"images/{arm}" if seed == 0 else f"images/{arm}-seed{seed}")
+
+
+def toy_run(paths: Paths, arm: str, seed: int) -> Path:
+    return paths.run(f"toy/{arm}-seed{seed}")
+
+
+def image_seeds(cfg: Config) -> range:
+    """The image training seeds of the profile: 0 … experiment.n_seeds − 1."""
+    return range(cfg.experiment.n_seeds)
+
+
+def seed_config(cfg: Config, seed: int) -> Config:
+    """``cfg`` with training seed ``seed`` (shared by every arm of that seed)."""
+    return with_overrides(cfg, {"train.seed": seed})
+
+
+def require_image_runs(paths: Paths, cfg: Config, arms=ARMS) -> None:
+    """Fail with the producing notebook's name when a trained image or toy run is missing."""
+    for arm in arms:
+        for s in image_seeds(cfg):
+            paths.require(image_run(paths, arm, s) / "final.pt", "03_train")
+        paths.require(toy_run(paths, arm, cfg.toy.n_seeds - 1) / "final.pt", "03_train")
+
+
+# ---------------------------------------------------------------------------- training jobs
+@dataclass(frozen=True)
+class Job:
+    """One training run: ``cfg`` (for a toy run, the output of :func:`lib.config.toy_config`)."""
+
+    cfg: Config
+    arm: str
+    out: Path
+    toy: bool = False
+
+
+def image_jobs(cfg: Config, paths: Paths, arms=ARMS, seeds=None) -> dict:
+    """{(arm, seed): Job} of the image arms."""
+    seeds = image_seeds(cfg) if seeds is None else seeds
+    return {(a, s): Job(seed_config(cfg, s), a, image_run(paths, a, s)) for s in seeds for a in arms}
+
+
+def toy_jobs(cfg: Config, paths: Paths, arms=ARMS) -> dict:
+    """{(arm, seed): Job} of the toy arms."""
+    return {(a, s): Job(seed_config(toy_config(cfg), s), a, toy_run(paths, a, s), toy=True)
+            for s in range(cfg.toy.n_seeds) for a in arms}
+
+
+def is_finished(job: Job) -> bool:
+    """The run holds final.pt and a checkpoint at (or past) its last step."""
+    done = ckpt.list_checkpoints(job.out) if job.out.is_dir() else []
+    return ((job.out / "final.pt").exists() and bool(done)
+            and int(ckpt.CKPT_RE.match(done[-1].name).group(1)) >= job.cfg.train.steps)
+
+
+def _flat(cfg: Config) -> dict:
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict) for k, v in sec.items()}
+
+
+def _format(v) -> str:
+    return "(" + ",".join(str(x) for x in v) + ")" if isinstance(v, (tuple, list)) else str(v)
+
+
+def command_line(job: Job) -> list[str] | None:
+    """The ``python -m lib.train`` command that trains ``job``: its profile plus ``--set`` for every key
+    that differs. None if the command line cannot reproduce ``job.cfg`` exactly (checked by rebuilding
+    the config as lib.train will)."""
+    base = get_config(job.cfg.profile)
+    base = toy_config(base) if job.toy else base
+    want, have = _flat(job.cfg), _flat(base)
+    sets = [f"{k}={_format(v)}" for k, v in want.items() if have.get(k) != v]
+    try:
+        rebuilt = with_overrides(base, sets)
+    except ValueError:
+        return None
+    if rebuilt.to_dict() != job.cfg.to_dict():
+        return None
+    cmd = [sys.executable, "-m", "lib.train", "--profile", job.cfg.profile, "--arm", job.arm, "--out", str(job.out),
+           "--quiet"]
+    cmd += ["--toy"] if job.toy else []
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
+    """Train every job of ``jobs`` ({key: Job}); returns {key: run_dir}.
+
+    Finished runs are checked (config, arm) and skipped in this process; the others run as
+    single-threaded ``python -m lib.train`` subprocesses, at most ``workers`` (0: ``os.cpu_count()``)
+    at a time, longest first. ``workers=1`` trains them here, one after another (profile ci: its runs
+    take less time than a process takes to start). A failed run does not stop the others (their work is kept); at the end
+    one error lists every failure with its run directory and the tail of its stderr."""
+    jobs = dict(jobs)
+    outs = [j.out.resolve() for j in jobs.values()]
+    if len(set(outs)) != len(outs):  # two processes must never train into one directory
+        raise ValueError("two training jobs share a run directory: " +
+                         ", ".join(sorted({str(o) for o in outs if outs.count(o) > 1})))
+    pending = []
+    for key, job in jobs.items():
+        if is_finished(job):
+            train(job.cfg, job.arm, job.out, progress=False)  # checks config and arm, returns at once
+        else:
+            pending.append(key)
+    pending.sort(key=lambda k: -jobs[k].cfg.train.steps * (0 if jobs[k].toy else 1))  # images first
+    workers = processes.n_workers(workers, len(pending))
+    t_start = time.time()
+    if progress and pending:
+        print(f"training {len(pending)} runs ({len(jobs) - len(pending)} already finished), {workers} at a time, "
+              f"one thread each", flush=True)
+    commands = {}
+    for key in pending:
+        job = jobs[key]
+        cmd = None if workers == 1 else command_line(job)
+        if cmd is None:  # one worker, or not expressible as profile + --set: train it here, one thread
+            import torch
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                train(job.cfg, job.arm, job.out, progress=False)
+            finally:
+                torch.set_num_threads(n)
+        else:
+            commands[key] = cmd
+    failures = processes.run_parallel(commands, workers, progress,
+                                      lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(pending)} training runs failed (the others are kept; "
+                           "run again to resume):\n" + "\n".join(failures))
+    if progress and pending:
+        print(f"trained {len(pending)} runs in {time.time() - t_start:.0f} s", flush=True)
+    return {key: job.out for key, job in jobs.items()}
+
+
+def train_experiment(cfg: Config, paths: Paths, arms=ARMS, progress: bool = True) -> tuple[dict, dict]:
+    """Train (or resume, or skip) every toy and image run of notebook 03 in one pool of processes;
+    returns ({(arm, seed): toy run}, {(arm, seed): image run})."""
+    tj, ij = toy_jobs(cfg, paths, arms), image_jobs(cfg, paths, arms)
+    done = train_parallel({**{("toy", *k): j for k, j in tj.items()}, **{("images", *k): j for k, j in ij.items()}},
+                          cfg.experiment.workers, progress)
+    return ({k[1:]: v for k, v in done.items() if k[0] == "toy"},
+            {k[1:]: v for k, v in done.items() if k[0] == "images"})

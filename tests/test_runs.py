@@ -1,0 +1,69 @@
+"""Training runs as parallel processes (lib.runs): the command line rebuilds the config exactly,
+finished runs are skipped, failures name the run and its stderr, one directory never gets two processes."""
+import json
+
+import pytest
+
+from lib import runs
+from lib.config import get_config, toy_config, with_overrides
+from lib.generate import load_model
+from lib.paths import Paths
+
+
+def _toy_job(tmp_path, seed, arm="baseline", name=None):
+    cfg = with_overrides(runs.seed_config(toy_config(get_config("ci")), seed),
+                         {"train.steps": 4, "train.ckpt_every": 2, "train.log_every": 2, "sample.n_samples": 16})
+    return runs.Job(cfg, arm, tmp_path / (name or f"{arm}-{seed}"), toy=True)
+
+
+def test_command_line_rebuilds_the_config_exactly(tmp_path):
+    job = _toy_job(tmp_path, 3)
+    cmd = job and runs.command_line(job)
+    assert cmd[1:3] == ["-m", "lib.train"] and "--toy" in cmd and "train.seed=3" in cmd
+    img = runs.Job(with_overrides(get_config("cpu"), {"sample.steps": (10, 20), "loss.tau": 0.98}), "s2dm", tmp_path / "x")
+    cmd = runs.command_line(img)
+    assert "--toy" not in cmd and "sample.steps=(10,20)" in cmd and "loss.tau=0.98" in cmd
+
+
+def test_paths_of_seeds_keep_seed_zero_where_it_was(tmp_path):
+    P = Paths("ci", tmp_path)
+    assert runs.image_run(P, "s2dm") == runs.image_run(P, "s2dm", 0) == P.run("images/s2dm")
+    assert runs.image_run(P, "s2dm", 2) == P.run("images/s2dm-seed2")
+    jobs = runs.image_jobs(get_config("ci"), P)
+    assert sorted(jobs) == [("baseline", 0), ("baseline", 1), ("s2dm", 0), ("s2dm", 1)]
+    assert jobs["s2dm", 1].cfg.train.seed == 1 and jobs["baseline", 1].cfg.train.seed == 1
+
+
+def test_parallel_training_equals_in_process_training(tmp_path):
+    import torch
+
+    jobs = {s: _toy_job(tmp_path, s) for s in (0, 1)}
+    done = runs.train_parallel(jobs, workers=2, progress=False)
+    assert all(runs.is_finished(j) for j in jobs.values())
+    here = _toy_job(tmp_path, 1, name="here")
+    runs.train_parallel({1: here}, workers=1, progress=False)  # in this process
+    a, _ = load_model(done[1])
+    b, _ = load_model(here.out)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    a0, _ = load_model(done[0])
+    assert not all(torch.equal(x, y) for x, y in zip(a0.state_dict().values(), a.state_dict().values()))
+    mtime = (done[0] / "final.pt").stat().st_mtime_ns
+    runs.train_parallel(jobs, workers=2, progress=False)  # finished: skipped
+    assert (done[0] / "final.pt").stat().st_mtime_ns == mtime
+
+
+def test_a_failed_run_is_reported_with_its_directory_and_the_others_finish(tmp_path):
+    bad = _toy_job(tmp_path, 0, name="bad")
+    bad.out.mkdir()
+    (bad.out / "run.json").write_text(json.dumps({"arm": "s2dm"}))  # lib.train refuses another arm here
+    good = _toy_job(tmp_path, 1, name="good")
+    with pytest.raises(RuntimeError) as e:
+        runs.train_parallel({"bad": bad, "good": good}, workers=2, progress=False)
+    msg = str(e.value)
+    assert "1 of 2 training runs failed" in msg and str(bad.out) in msg and "not 'baseline'" in msg
+    assert runs.is_finished(good)
+
+
+def test_two_jobs_on_one_directory_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="share a run directory"):
+        runs.train_parallel({1: _toy_job(tmp_path, 0, name="d"), 2: _toy_job(tmp_path, 1, name="d")}, progress=False)
