@@ -55,7 +55,9 @@ def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_st
     for b in tqdm(mine, desc=f"{method} S={num_steps}", disable=not progress or rank != 0, leave=False):
         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
         x_T = initial_noise(shape, lo, hi, seed).to(device)
-        g = torch.Generator(device=device).manual_seed(seed * 7919 + b)
+        # A CPU generator: samplers draw their noise on it and move it (lib.transfer.noise_like), so a
+        # stochastic sampler (DDPM, Restart's churn) gives the same samples on every device.
+        g = torch.Generator().manual_seed(seed * 7919 + b)
         run_info = {}
         x0 = samplers.sample(eps_model, x_T, schedule, num_steps, method, grid=grid, generator=g,
                              info=run_info, **options)

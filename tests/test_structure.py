@@ -14,8 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
 # The method's own foundations: they must never depend on a neighbouring method (lib.related).
-FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.metrics", "lib.checkpoint",
-               "lib.transfer", "lib.analytic", "lib.config", "lib.factory", "lib.paths", "lib.report")
+FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.metrics", "lib.classifier",
+               "lib.toymetrics", "lib.stats", "lib.checkpoint", "lib.rundir", "lib.transfer", "lib.analytic",
+               "lib.config", "lib.factory", "lib.paths", "lib.report", "lib.progress")
 
 
 def _module_name(path: Path) -> str:
