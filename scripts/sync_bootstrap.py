@@ -65,7 +65,7 @@ def badges(nb_name: str, url: str) -> str:
 
 def title_badge_line(nb_name: str, url: str) -> str:
     return (f"{badges(nb_name, url)} · results at profile `cpu`: "
-            f"[figures/cpu/{nb_name}](../figures/cpu/{nb_name})")
+            f"[figures/cpu/{Path(nb_name).stem}.html](../figures/cpu/{Path(nb_name).stem}.html)")
 
 
 def sync_notebook(path: Path, url: str):

@@ -50,20 +50,30 @@ def test_missing_inputs_name_the_producing_notebook(tmp_path):
 RESULT_SUFFIXES = (".png", ".csv", ".md")
 
 
+def _committed_names(folder: Path) -> set:
+    """The file names git tracks in ``folder`` (what a clone holds; make reproduce also leaves the PDFs
+    and executed .ipynb there, which .gitignore keeps out), or the folder's files outside a git checkout."""
+    r = subprocess.run(["git", "ls-files", "-z", "--", str(folder)], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0 or not (folder.resolve().is_relative_to(ROOT)):
+        return {p.name for p in folder.iterdir()}
+    return {Path(p).name for p in r.stdout.split("\0") if p}
+
+
 def result_mismatches(written: Path, committed: Path, notebooks=NOTEBOOKS) -> list[str]:
     """What is wrong with ``committed`` (figures/cpu/) given the files the notebooks ``written``: every PNG
     and table present, none orphaned, HTML (if any) one per notebook, nothing else but README.md."""
+    names = _committed_names(committed)
     want = {p.name for p in written.iterdir() if p.suffix in RESULT_SUFFIXES}
-    have = {p.name for p in committed.iterdir() if p.suffix in RESULT_SUFFIXES} - {"README.md"}
+    have = {n for n in names if Path(n).suffix in RESULT_SUFFIXES} - {"README.md"}
     problems = []
     if want - have:
         problems.append(f"missing from {committed}: {sorted(want - have)}")
     if have - want:
         problems.append(f"orphaned in {committed} (no notebook writes them): {sorted(have - want)}")
-    html = {p.name for p in committed.glob("*.html")}
+    html = {n for n in names if n.endswith(".html")}
     if html and html != {nb.stem + ".html" for nb in notebooks}:
         problems.append(f"the HTML in {committed} does not match the notebooks: {sorted(html)}")
-    other = {p.name for p in committed.iterdir()} - have - html - {"README.md"}
+    other = names - have - html - {"README.md"}
     if other:
         problems.append(f"{committed} holds files that should not be committed: {sorted(other)}")
     return problems
