@@ -60,7 +60,7 @@ from lib import checkpoint as ckpt  # noqa: E402
 from lib import data as data_mod  # noqa: E402
 from lib import generate as gen  # noqa: E402
 from lib import samplers  # noqa: E402
-from lib.config import ModelConfig, get_config  # noqa: E402
+from lib.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss, s2dm_loss, sample_t  # noqa: E402
 from lib.train import make_loss, read_log  # noqa: E402

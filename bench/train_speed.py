@@ -37,7 +37,8 @@ from lib import samplers  # noqa: E402
 from lib.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss  # noqa: E402
-from lib.train import EMA, make_autocast, make_loss, make_optimizer, train_step  # noqa: E402
+from lib.train import make_loss  # noqa: E402
+from timing import StepVariant, sync  # noqa: E402  (bench/timing.py)
 from unet2d_twin import DiffusersEps, diffusers_kwargs  # noqa: E402  (bench/unet2d_twin.py)
 
 TARGET_IMAGES_PER_S = 6300  # paper CIFAR-10 UNet, one H100/H200, batch 128: ~30 % of the bf16 ceiling (docs/method.md §7)
@@ -46,35 +47,14 @@ FID_N = 50_000
 
 
 def _timed(fn, device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    sync()
+    sync(device)
     return time.perf_counter() - t0
 
 
-# ---------------------------------------------------------------------------- variants and batches
-class Variant:
-    """A model with lib.train's optimiser, EMA and autocast for a ``train`` section, stepped by ``train_step``
-    (without its finiteness check, which lib.train runs only every log_every steps on a GPU)."""
-
-    def __init__(self, name, model, loss_fn, t, device, compile_: bool):
-        self.name, self.loss_fn, self.t, self.device = name, loss_fn, t, device
-        self.model = model.to(memory_format=torch.channels_last) if t.channels_last else model
-        self.ema, self.opt = EMA(self.model, t.ema_decay, t.ema_rampup), make_optimizer(self.model, t, device)
-        self.net = torch.compile(self.model) if compile_ else self.model
-        self.g, self.autocast = torch.Generator(device=device).manual_seed(0), make_autocast(t, device)
-        self.model.train()
-
-    def timed(self, batches) -> float:
-        def run():
-            for x0 in batches:
-                train_step(self.model, self.opt, self.ema, self.loss_fn, x0, self.g, net=self.net,
-                           grad_clip=self.t.grad_clip, autocast=self.autocast)
-        return _timed(run, self.device)
-
-
+# ---------------------------------------------------------------------------- batches
 def batches_of(m, batch, device, *, channels_last, flip, seed=0):
     """``take(k)``: k training batches as lib.train makes them (gather from a uint8 set on the device, scale
     to [-1, 1], random flip), from random pixels (speed does not depend on the content)."""
@@ -98,11 +78,11 @@ def measure_training(variants, take, a, device):
     for v in variants:  # warm-up (allocator, cuDNN autotuning, compilation), and its peak memory
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        v.timed(take(a.warmup))
+        v.run(take(a.warmup))
         out[v.name] = {"peak_memory_gib_warmup": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}
     for r in range(a.repeats):
         for v in variants if r % 2 == 0 else variants[::-1]:
-            runs[v.name].append(a.steps * a.batch / v.timed(take(a.steps)))
+            runs[v.name].append(a.steps * a.batch / v.run(take(a.steps)))
         print(f"  repeat {r}: " + "  ".join(f"{k} {x[-1]:.1f}" for k, x in runs.items()), flush=True)
     for k, ips in runs.items():
         med = statistics.median(ips)
@@ -266,7 +246,9 @@ def main(argv=None):
     for name, (make, arm) in nets.items():
         torch.manual_seed(0)  # every network starts from the same seed
         loss = make_loss(cfg, arm, schedule) if arm else (lambda net, x0, g, parts: ddpm_loss(net, x0, schedule, generator=g))
-        variants.append(Variant(name, make().to(device), loss, t, device, a.compile))
+        # lib.train's optimiser, EMA and autocast for this train section, stepped by train_step (bench/timing.py)
+        variants.append(StepVariant(name, make(), loss, t, device, amp=t.amp, channels_last=t.channels_last,
+                                    fused=t.fused_adam, compile_backend="inductor" if a.compile else None))
     n_params = {v.name: sum(q.numel() for q in v.model.parameters()) for v in variants}
     print(f"device {device}; profile {a.profile!r} UNet, parameters {n_params}; batch {a.batch}, amp {a.amp}", flush=True)
     train, runs = measure_training(variants, batches_of(m, a.batch, device, channels_last=gpu, flip=cfg.data.random_flip),

@@ -7,12 +7,28 @@ root, with this repository first on PYTHONPATH.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 import time
 
 from lib.paths import ROOT
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op torch thread inside the block (then the previous count): the in-process
+    counterpart of a worker. Small tensors (the 2-D toy, ci sizes) gain nothing from threads but
+    synchronisation and, on a busy 2-core machine, contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def worker_env() -> dict:

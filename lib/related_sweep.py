@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import compare, generate, processes, published, runs, samplers
+from lib import compare, generate, processes, published, rundir, runs, samplers
 from lib.config import Config, with_overrides
 from lib.evaluate import ImageEvaluator, image_cell
 from lib.factory import resolve_device, schedule_of
 from lib.paths import Paths
-from lib.related import cdm, epsscale, skiptuning
+from lib.related import epsscale, skiptuning
 from lib.sweep import toy_sweep
 from lib.train import read_log, seconds_per_step
 
@@ -109,7 +109,7 @@ def train_cdm(plan: Plan, paths: Paths, progress: bool = True) -> None:
             jobs["toy", name, key[1]] = runs.Job(job.cfg, arm, runs.toy_run(paths, name, key[1]), toy=True)
     for (kind, name, s), job in jobs.items():  # copy the baseline's final checkpoint where none is there yet
         src = runs.image_run(paths, "baseline", s) if kind == "images" else runs.toy_run(paths, "baseline", s)
-        cdm.start_from(src, job.out)
+        rundir.seed(src, job.out)
     runs.train_parallel(jobs, x.workers, progress)
 
 

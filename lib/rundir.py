@@ -8,7 +8,7 @@
     DIR/final.pt       the EMA weights (a state dict), and DIR/final.json: the step, arm, config and
                        code fingerprint it belongs to and its sha256; a final.pt is served only when
                        final.json matches it and the run's config.json
-    DIR/seed.json      a fine-tune's start (lib.related.cdm.start_from): the checkpoint copied in
+    DIR/seed.json      a fine-tune's start (:func:`seed`): the checkpoint copied in
     DIR/superseded/    earlier runs of DIR made by other code or another profile definition, moved
                        aside (never deleted) before DIR is trained again
 

@@ -144,13 +144,8 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
         job = jobs[key]
         cmd = None if workers == 1 else command_line(job)
         if cmd is None:  # one worker, or not expressible as profile + --set: train it here, one thread
-            import torch
-            n = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with processes.single_thread():
                 train(job.cfg, job.arm, job.out, progress=False)
-            finally:
-                torch.set_num_threads(n)
         else:
             commands[key] = cmd
     failures = processes.run_parallel(commands, workers, progress,

@@ -8,13 +8,10 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
 
 from lib import data, generate, processes, samplers, toymetrics
 from lib.config import Config, toy_config
@@ -23,19 +20,7 @@ from lib.factory import schedule_of
 from lib.paths import Paths
 from lib.runs import ARMS, image_run, image_seeds, toy_run
 
-__all__ = ["ARMS", "image_run", "toy_run", "single_thread", "toy_sweep", "image_sweep"]
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Run the 2-D toy single-threaded: its tensors are so small that intra-op threads only add
-    synchronisation (and, on a busy 2-core machine, contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+__all__ = ["ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
 
 
 def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, progress=True,
@@ -47,7 +32,7 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
     gmm = data.toy_distribution(tcfg.data.dataset)
     schedule = schedule_of(tcfg)
     rows = []
-    with single_thread():
+    with processes.single_thread():
         for seed in range(cfg.toy.n_seeds):
             for arm in arms:
                 model, _ = generate.load_model(toy_run(paths, arm, seed))

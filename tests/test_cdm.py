@@ -1,12 +1,12 @@
 """Consistent Diffusion Models loss (lib/related/cdm.py): λ = 0 is the DDPM loss exactly, gradients never flow
 through the chains, the consistency term vanishes for a consistent (exact) model and not for an
-inconsistent one, and the arm trains through lib.train (also as a fine-tune via start_from)."""
+inconsistent one, and the arm trains through lib.train (also as a fine-tune via lib.rundir.seed)."""
 import json
 
 import pytest
 import torch
 
-from lib import losses
+from lib import losses, rundir
 from lib.related import cdm
 from lib.analytic import gaussian_eps
 from lib.config import get_config, toy_config, with_overrides
@@ -136,13 +136,13 @@ def test_cdm_arm_trains_through_lib_train_and_as_a_finetune(tmp_path):
     assert lg["step"] == [2.0, 4.0]
     assert torch.isfinite(torch.tensor(lg["loss"] + lg["lskip"])).all() and any(v != 0 for v in lg["lskip"])
     # fine-tune: resume the baseline's newest checkpoint under the cdm arm
-    assert cdm.start_from(base.parent, tmp_path / "ft") == 4
-    assert cdm.start_from(base.parent, tmp_path / "ft") == -1  # already seeded: untouched
+    assert rundir.seed(base.parent, tmp_path / "ft") == 4
+    assert rundir.seed(base.parent, tmp_path / "ft") == -1  # already seeded: untouched
     train(with_overrides(cfg, {"train.steps": 6}), "cdm", tmp_path / "ft", progress=False)
     assert read_log(tmp_path / "ft")["step"] == [6.0]
     assert json.loads((tmp_path / "ft" / "run.json").read_text())["arm"] == "cdm"
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
-        cdm.start_from(tmp_path / "nothing", tmp_path / "ft2")
+        rundir.seed(tmp_path / "nothing", tmp_path / "ft2")
 
 
 def test_seconds_per_step_measures_both_arms():

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
 # The method's own foundations: they must never depend on a neighbouring method (lib.related).
@@ -112,10 +110,28 @@ def test_every_file_reference_resolves():
     assert not missing, f"references to files that are not in the repository: {missing}"
 
 
-@pytest.mark.parametrize("name", ["PAPER.md", "DESIGN.md", "../shared"])
-def test_no_reference_to_files_outside_the_repository(name):
-    hits = sorted(str(p.relative_to(ROOT)) for p, text in _texts() if name in text and p.name != "test_structure.py")
-    assert not hits, f"{name} is not part of the repository (use docs/method.md): {hits}"
+NOTE = re.compile(r"(?<![\w/.<-])([A-Z][A-Za-z0-9_-]*\.md)\b")  # a note cited by its bare name (README.md)
+UP = re.compile(r"(?<![\w.])((?:\.\./)+[\w./-]*\w)")  # a path that climbs out of its folder
+
+
+def test_every_note_named_is_in_the_repository():
+    """A Markdown note cited by name (e.g. README.md) is one of the repository's own."""
+    present = {p.name for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
+    missing = sorted({(str(p.relative_to(ROOT)), n) for p, text in _texts() for n in NOTE.findall(text)
+                      if n not in present})
+    assert not missing, f"notes cited that the repository does not hold (write them in docs/): {missing}"
+
+
+def _inside(p: Path, ref: str) -> bool:
+    target = (p.parent / ref).resolve()
+    return target.is_relative_to(ROOT) and target.exists()
+
+
+def test_no_reference_leaves_the_repository():
+    """A path that climbs out of its folder lands on a file of the repository, seen from the file naming it."""
+    out = sorted({(str(p.relative_to(ROOT)), ref) for p, text in _texts() for ref in UP.findall(text)
+                  if not _inside(p, ref)})
+    assert not out, f"references to files outside the repository (or to none): {out}"
 
 
 def test_method_notes_have_the_cited_sections():

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import torch
 
-from lib import rundir
 from lib.losses import sample_t
 from lib.schedule import Schedule
 
-__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_loss", "x0_prediction", "start_from"]
+__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_loss", "x0_prediction"]
 
 SIGMA_DATA = 0.5  # EDM's σ_data, the scale of the weighting c(σ)
 WEIGHTINGS = ("edm", "none")
@@ -145,14 +144,3 @@ def make_loss(cfg, schedule: Schedule):
 
     return loss_fn
 
-
-# ---------------------------------------------------------------------------- running the arm cheaply
-def start_from(src_run, dst_run) -> int:
-    """Copy the newest checkpoint of run ``src_run`` into the empty run directory ``dst_run``.
-
-    lib.train then *resumes* from it (model, EMA, optimiser, data order, RNG states) under whatever arm
-    and config it is called with: a fine-tuning run through the one training path (the copy is recorded
-    in ``dst_run/seed.json``, lib.rundir.seed). Notebook 06 uses it at small profiles, where training the
-    CDM arm from scratch does not fit the time budget. Returns the step copied; does nothing (and
-    returns -1) when ``dst_run`` already holds checkpoints."""
-    return rundir.seed(src_run, dst_run)
