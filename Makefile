@@ -86,7 +86,7 @@ clean-figures:
 # make fetch PROFILE=gpu: CIFAR-10, clean-fid's Inception weights and CIFAR-10 statistics, the DDPM CIFAR-10 EMA
 # checkpoint; each verified by checksum where one is published, skipped when already in place.
 fetch: $(VENV)/.stamp-run
-	$(PY) -m lib.pretrained fetch --profile $${PROFILE:-gpu}
+	$(PY) -m lib.experiment.fetch --profile $${PROFILE:-gpu}
 
 # ---------------------------------------------------------------- tests, lab, bench
 test: $(VENV)/.stamp-dev

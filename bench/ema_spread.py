@@ -4,7 +4,7 @@
 
 Trains the baseline arm with ``--seeds`` training seeds under two values of one config key (default:
 ``train.ema_rampup``, "off" = the ``paper`` profile's value, the plain EMA; "on" = the profile's own
-value), as parallel single-threaded processes (lib.runs), then measures FD_clf (or FID) of DDIM at
+value), as parallel single-threaded processes (lib.experiment.runs), then measures FD_clf (or FID) of DDIM at
 10 and 20 steps for every seed from the EMA weights and reports each setting's spread over seeds
 (sd, max/min). Runs whose setting equals the profile's reuse notebook 03's runs when they are
 finished; the others live under ``data/runs/<profile>/ema-study/``. ``--steps`` shortens training
@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
-from lib import generate, runs  # noqa: E402
-from lib.config import ConfigError, get_config, with_overrides  # noqa: E402
-from lib.evaluate import ImageEvaluator, image_cell  # noqa: E402
-from lib.paths import Paths  # noqa: E402
+from lib import generate  # noqa: E402
+from lib.experiment import runs
+from lib.infra.config import ConfigError, get_config, with_overrides  # noqa: E402
+from lib.experiment.evaluate import ImageEvaluator, image_cell  # noqa: E402
+from lib.infra.paths import Paths  # noqa: E402
 
 
 def _value(cfg, key):

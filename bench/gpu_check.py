@@ -56,11 +56,11 @@ from timing import (StepVariant, bf16_matmul_rate, flops_per_image, float32_prec
                     time_interleaved, top_kernels)
 import unet2d_twin  # noqa: E402
 
-from lib import checkpoint as ckpt  # noqa: E402
+from lib.infra import checkpoint as ckpt  # noqa: E402
 from lib import data as data_mod  # noqa: E402
 from lib import generate as gen  # noqa: E402
 from lib import samplers  # noqa: E402
-from lib.config import get_config  # noqa: E402
+from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss, s2dm_loss, sample_t  # noqa: E402
 from lib.train import make_loss, read_log  # noqa: E402
@@ -132,7 +132,7 @@ def _now() -> str:
 
 
 class Report:
-    """The result file pair, rewritten atomically (lib.checkpoint) whenever a section finishes."""
+    """The result file pair, rewritten atomically (lib.infra.checkpoint) whenever a section finishes."""
 
     def __init__(self, stem: Path, meta: dict, keep: dict | None = None):
         self.stem, self.data = stem, {"meta": meta, "sections": dict(keep or {})}
@@ -876,7 +876,7 @@ def inception_speed(S: Section, ctx: Ctx) -> None:
     net, label, size = None, None, z.inception_size
     weights = None
     if _which("cleanfid"):
-        from lib import fid
+        from lib.measure import fid
 
         weights = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
         if weights.is_file():
@@ -905,13 +905,13 @@ def inception_speed(S: Section, ctx: Ctx) -> None:
                          "network_time_50k_s": 50_000 / ips}
     S.report.write()
     if weights is not None and weights.is_file() and S.left() > (5 if not ctx.dry else 0):
-        from lib import fid
+        from lib.measure import fid
 
         imgs = torch.randint(0, 256, (z.fid_pipeline_n, 3, 32, 32), dtype=torch.uint8)
         t0 = time.perf_counter()
         fid.inception_features(imgs, mode="legacy_tensorflow", device=dev, batch_size=z.inception_batch)
         dt = time.perf_counter() - t0
-        meas["inception_pipeline"] = {"what": "lib.fid.inception_features (PNG round trip + network)",
+        meas["inception_pipeline"] = {"what": "lib.measure.fid.inception_features (PNG round trip + network)",
                                       "n": z.fid_pipeline_n, "seconds": dt, "images_per_s": z.fid_pipeline_n / dt}
 
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib import samplers  # noqa: E402
-from lib.config import get_config  # noqa: E402
+from lib.infra.config import get_config  # noqa: E402
 from lib.schedule import linear_schedule  # noqa: E402
 from lib.unet import build_unet  # noqa: E402
 

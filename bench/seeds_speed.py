@@ -4,7 +4,7 @@
 
 Trains the profile's image arm for ``--steps`` steps (a few hundred, not the profile's 3,000) in four
 layouts and records images/s: one process with 2 threads, one with 1 thread, two one-thread
-processes at once (lib.runs.train_parallel), and one thread with ``train.compile=true`` (wall time
+processes at once (lib.experiment.runs.train_parallel), and one thread with ``train.compile=true`` (wall time
 includes compilation). Then DDIM sampling throughput with 1 and 2 threads. The extrapolation to a
 full ``make reproduce`` is labelled as such. Writes bench/results/seeds_speed_<profile>.{json,md}.
 """
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
-from lib import runs  # noqa: E402
-from lib.config import get_config, with_overrides  # noqa: E402
+from lib.experiment import runs  # noqa: E402
+from lib.infra.config import get_config, with_overrides  # noqa: E402
 from lib.train import read_log  # noqa: E402
 
 

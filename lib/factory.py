@@ -1,12 +1,12 @@
 """The factories every entry point shares: the ε-network, the schedule and the device of a config.
 
-Kept apart from lib.train so that sampling and evaluation code (lib.generate, lib.sweep, the
+Kept apart from lib.train so that sampling and evaluation code (lib.generate, lib.experiment.sweep, the
 notebooks) build models without importing the training loop."""
 from __future__ import annotations
 
 import torch
 
-from lib.config import Config, ConfigError
+from lib.infra.config import Config, ConfigError
 from lib.schedule import Schedule, linear_schedule
 
 __all__ = ["build_model", "schedule_of", "resolve_device"]

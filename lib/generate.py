@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lib.progress import tqdm
+from lib.infra.progress import tqdm
 
-from lib import checkpoint as ckpt
-from lib import rundir, samplers
+from lib.infra import checkpoint as ckpt
+from lib.infra import rundir
+from lib import samplers
 
 CHUNK = 1000  # x_T is drawn in chunks of this many samples, chunk k from its own seed
 
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
     import sys
     import time
 
-    from lib.config import ConfigError
+    from lib.infra.config import ConfigError
     from lib.factory import schedule_of
 
     a = argparser().parse_args(argv)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from lib.config import ModelConfig
-from lib.paths import ROOT
+from lib.infra.config import ModelConfig
+from lib.infra.paths import ROOT
 from lib.unet import UNet
 
 __all__ = ["CHECKPOINTS", "PretrainedMissing", "PretrainedError", "load_unet", "load_state", "infer_config",
@@ -303,7 +303,7 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
         raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
                               "corrupt or another checkpoint; delete it and fetch it again")
     if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
-        from lib.config import load_json
+        from lib.infra.config import load_json
         cfg = load_json(path / "config.json").model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
@@ -329,7 +329,7 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
     sd, layout = _from_object(_read(path), path, entry)
     own = (path.parent / "config.json").is_file() and (path.parent / "run.json").is_file()
     if own:  # a checkpoint of a lib.train run: its own config and this project's group rule
-        from lib.config import load_json
+        from lib.infra.config import load_json
         return dict(state_dict=sd, layout=layout, path=path, name=name, config=load_json(path.parent / "config.json").model,
                     groups=None)
     return dict(state_dict=sd, layout=layout, path=path, name=name, config=None, groups=REFERENCE_GROUPS)
@@ -470,7 +470,7 @@ def plan_for(profile: str) -> NotebookPlan:
 
 
 # ---------------------------------------------------------------------------- fetching (explicit only)
-def _download(url: str, dest: Path, md5: str | None) -> Path:
+def download(url: str, dest: Path, md5: str | None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     print(f"downloading {url}\n  -> {dest}", file=sys.stderr)
@@ -503,7 +503,7 @@ def fetch(name: str, root=None) -> Path:
             raise PretrainedMissing(f"fetching {name} needs huggingface_hub (pip install huggingface_hub), or download "
                                     f"the folder {e['hub']} by hand into {dest}") from None
         if not (dest / "config.json").is_file():
-            snapshot_download(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+            snapshotdownload(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
         return dest
     if e.get("manual"):
         if dest.is_file():
@@ -514,50 +514,14 @@ def fetch(name: str, root=None) -> Path:
             print(f"{name}: already in place ({dest}, MD5 ok)", file=sys.stderr)
             return dest
         print(f"{name}: {dest} has the wrong MD5; downloading again", file=sys.stderr)
-    return _download(e["url"], dest, e["md5"])
-
-
-def fetch_profile(profile: str, root=None) -> list[str]:
-    """Everything a profile needs on a machine with network (``make fetch PROFILE=gpu``): CIFAR-10, clean-fid's
-    Inception weights and CIFAR-10 training statistics, and the DDPM CIFAR-10 EMA checkpoint."""
-    from lib import data, fid
-    from lib.config import get_config
-
-    cfg = get_config(profile)
-    done = []
-    if cfg.data.dataset == "cifar10":
-        folder = data.cifar10_folder(Path(root or ROOT) / cfg.data.root)
-        data.load_cifar10(Path(root or ROOT) / cfg.data.root, download=True)
-        done.append(f"CIFAR-10 in {folder} (torchvision checks the tarball's MD5)")
-    if cfg.eval.metric == "inception":
-        try:
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
-        except fid.FIDWeightsMissing:
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train",
-                                      need_weights=False, need_stats=False)
-            w = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
-            if not w.is_file():
-                _download(fid.INCEPTION_URL, w, None)
-            name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
-            s = Path(fid.STATS_DIR) / name
-            if not s.is_file():
-                _download(fid.STATS_URL + name, s, None)
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
-        done += [f"{k}: {v} (MD5 {file_md5(v)}; clean-fid publishes no checksum to compare with)" for k, v in paths.items()]
-    if cfg.data.dataset == "cifar10":
-        p = fetch("ema_cifar10", root)
-        done.append(f"ema_cifar10: {p} (MD5 verified)")
-    if not done:
-        done.append(f"profile {profile} needs no download (its data ship with the packages; metric {cfg.eval.metric})")
-    return done
+    return download(e["url"], dest, e["md5"])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lib.pretrained", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download a checkpoint (NAME) or everything a profile needs (--profile)")
-    f.add_argument("name", nargs="?", help=f"one of: {', '.join(CHECKPOINTS)}")
-    f.add_argument("--profile", help="fetch everything this profile needs (dataset, FID files, checkpoint)")
+    f = sub.add_parser("fetch", help="download a named checkpoint (make fetch: python -m lib.experiment.fetch)")
+    f.add_argument("name", help=f"one of: {', '.join(CHECKPOINTS)}")
     f.add_argument("--root", default=None, help="repository root to write data/ under (default: this repository)")
     sub.add_parser("list", help="the known checkpoints and whether they are in place")
     i = sub.add_parser("info", help="load a source and print the architecture it implies")
@@ -572,23 +536,11 @@ def main(argv=None) -> int:
             model, cfg = load_unet(a.source)
             print(json.dumps({"config": cfg.__dict__, "norm_groups": model.norm_groups,
                               "parameters": sum(q.numel() for q in model.parameters())}, indent=2, default=list))
-        elif a.profile:
-            for line in fetch_profile(a.profile, a.root):
-                print(line)
-        elif a.name:
-            print(fetch(a.name, a.root))
         else:
-            p.error("fetch needs NAME or --profile")
+            print(fetch(a.name, a.root))
     except (PretrainedError, PretrainedMissing) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # a dataset or FID file that could not be fetched: its own message says what to do
-        from lib.data import DatasetMissing
-        from lib.fid import FIDWeightsMissing
-        if isinstance(e, (DatasetMissing, FIDWeightsMissing)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     return 0
 
 

@@ -4,7 +4,7 @@
 
 writes ``DIR/config.json``, ``DIR/run.json``, ``DIR/loss.csv``, checkpoints ``DIR/ckpt-<step>.pt``
 (atomic, the last ``train.keep_ckpts`` kept) and the final EMA weights ``DIR/final.pt`` (a state
-dict) with ``DIR/final.json`` (its step, config, code fingerprint and checksum; lib.rundir). Started
+dict) with ``DIR/final.json`` (its step, config, code fingerprint and checksum; lib.infra.rundir). Started
 again with the same arguments it resumes from the newest checkpoint of this run (model, EMA,
 optimiser, step, data order, every RNG state), so a killed run ends with the same weights as an
 uninterrupted one (on CPU). One process trains a directory at a time (a lock); a run made by other
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lib.progress import tqdm
+from lib.infra.progress import tqdm
 
-from lib import checkpoint as ckpt
-from lib import rundir
-from lib.config import Config, ConfigError, get_config, toy_config, with_overrides
+from lib.infra import checkpoint as ckpt
+from lib.infra import rundir
+from lib.infra.config import Config, ConfigError, get_config, toy_config, with_overrides
 from lib.data import TOY_DATASETS, DatasetMissing
 from lib.factory import build_model, resolve_device, schedule_of
 from lib.losses import s2dm_loss
@@ -43,7 +43,7 @@ from lib.related import cdm
 ARMS = ("baseline", "s2dm", "cdm")
 RESUMABLE_KEYS = rundir.RESUMABLE_KEYS
 LOG_FIELDS = ("step", "loss", "l0", "lskip", "lr", "grad_norm", "images_per_s")
-# The source a training run executes (its code fingerprint, lib.rundir): the loop, loss, schedule, data,
+# The source a training run executes (its code fingerprint, lib.infra.rundir): the loop, loss, schedule, data,
 # factory, the network (the MLP uses unet's time embedding) and the arm's own module.
 TRAINED_BY = ("lib/train.py", "lib/losses.py", "lib/schedule.py", "lib/data.py", "lib/factory.py", "lib/unet.py")
 MODEL_SOURCE = {"unet": (), "mlp": ("lib/mlp.py",)}

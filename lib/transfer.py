@@ -31,7 +31,7 @@ def progress_iter(items, progress: bool, desc: str = ""):
     """``items`` wrapped in a tqdm bar when ``progress`` is true."""
     if not progress:
         return items
-    from lib.progress import tqdm
+    from lib.infra.progress import tqdm
 
     return tqdm(items, desc=desc, total=len(items))
 

@@ -305,7 +305,7 @@ class UNet(nn.Module):
 
 
 def build_unet(model_cfg, norm_groups: int | None = None) -> UNet:
-    """The UNet of a ``lib.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`."""
+    """The UNet of a ``lib.infra.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`."""
     kind = getattr(model_cfg, "kind", "unet")
     if kind != "unet":
         raise ValueError(f"build_unet got model.kind={kind!r}; use lib.mlp.build_mlp for 'mlp'")

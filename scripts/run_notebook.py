@@ -5,7 +5,7 @@
 The executed copy goes to ``figures/<profile>/<name>.ipynb`` only when every cell succeeded (a
 failed run is kept as ``<name>.failed.ipynb`` and the script names the notebook and exits 1), so
 ``make`` treats a failed notebook as not done and re-runs only what is out of date. The notebook's
-tables and figures are written to a staging folder (lib.paths) and moved into ``figures/<profile>/``
+tables and figures are written to a staging folder (lib.infra.paths) and moved into ``figures/<profile>/``
 only on success: a failed notebook leaves the previous good outputs in place. A marker
 ``data/runs/<profile>/.notebooks/<name>.done`` records a success next to the runs it wrote, so that
 ``make`` runs the notebook again when ``data/runs`` has been deleted.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lib import paths  # noqa: E402
+from lib.infra import paths  # noqa: E402
 
 
 def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> Path:
@@ -36,7 +36,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     shutil.rmtree(stage, ignore_errors=True)  # what an earlier failed run of this notebook left
     stage.mkdir(parents=True)
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
-    os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.progress)
+    os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.infra.progress)
     params = {"profile": profile, "root": str(root) if root else ""}
     t0 = time.time()
     print(f"-- {nb.name} (profile {profile})", flush=True)

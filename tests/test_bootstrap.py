@@ -123,12 +123,12 @@ def test_colab_branch_clones_the_repository_and_installs_nothing_present(bare_py
     work, clone = tmp_path / "content", tmp_path / "content" / "s2dm-companion"
     work.mkdir()
     env = clean_env(S2DM_COLAB="1", S2DM_REPO_URL=f"file://{ROOT}", S2DM_CLONE_DIR=str(clone))
-    check = CELL + "\nimport lib.report\nprint('LIBFILE', lib.report.__file__)\n"
+    check = CELL + "\nimport lib.experiment.report\nprint('LIBFILE', lib.experiment.report.__file__)\n"
     for attempt in (1, 2):  # the second run finds the clone and does not clone again
         r = subprocess.run([str(bare_python), "-c", check], capture_output=True, text=True, cwd=work, env=env,
                            timeout=300)
         assert r.returncode == 0, r.stderr[-4000:]
-        assert f"LIBFILE {clone / 'lib' / 'report.py'}" in r.stdout, r.stdout
+        assert f"LIBFILE {clone / 'lib' / 'experiment' / 'report.py'}" in r.stdout, r.stdout
         # the bare interpreter has no pip: reaching pip at all would have failed
         assert "nothing to install" in r.stdout, r.stdout
     assert (clone / ".git").is_dir() and (clone / "notebooks" / "01_noise_schedule.ipynb").is_file()
@@ -253,13 +253,13 @@ def test_progress_bars_are_widgets_only_in_an_interactive_kernel(tmp_path):
     probe = ("import sys, types\n"
              "shell = types.SimpleNamespace(config={'IPKernelApp': {}})\n"
              "sys.modules['IPython'] = types.SimpleNamespace(get_ipython=lambda: shell)\n"
-             "from lib import progress\nprint(progress.widgets_wanted())\n")
+             "from lib.infra import progress\nprint(progress.widgets_wanted())\n")
     for plain, want in (("", "True"), ("1", "False")):
         env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}", S2DM_PLAIN_BARS=plain)
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
         assert r.stdout.strip() == want, (plain, r.stdout, r.stderr[-2000:])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", "from lib import progress; import tqdm.std; "
+    r = subprocess.run([sys.executable, "-c", "from lib.infra import progress; import tqdm.std; "
                         "print(progress.tqdm is tqdm.std.tqdm)"], capture_output=True, text=True, env=env)
     assert r.stdout.strip() == "True", r.stderr[-2000:]
     assert 'os.environ.setdefault("S2DM_PLAIN_BARS", "1")' in (ROOT / "scripts" / "run_notebook.py").read_text()

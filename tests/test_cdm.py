@@ -1,15 +1,17 @@
 """Consistent Diffusion Models loss (lib/related/cdm.py): λ = 0 is the DDPM loss exactly, gradients never flow
 through the chains, the consistency term vanishes for a consistent (exact) model and not for an
-inconsistent one, and the arm trains through lib.train (also as a fine-tune via lib.rundir.seed)."""
+inconsistent one, and the arm trains through lib.train (also as a fine-tune via lib.infra.rundir.seed)."""
 import json
 
 import pytest
 import torch
 
-from lib import losses, rundir
+from lib import losses
+
+from lib.infra import rundir
 from lib.related import cdm
 from lib.analytic import gaussian_eps
-from lib.config import get_config, toy_config, with_overrides
+from lib.infra.config import get_config, toy_config, with_overrides
 from lib.mlp import ToyMLP
 from lib.schedule import linear_schedule
 from lib.train import read_log, seconds_per_step, train

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lib.config import PROFILES, ConfigError, from_dict, get_config, toy_config
+from lib.infra.config import PROFILES, ConfigError, from_dict, get_config, toy_config
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -61,7 +61,7 @@ def test_overrides_are_python_literals_checked_against_the_field_type():
 
 
 def test_toy_config_is_the_profile_with_the_toy_override_set():
-    from lib.config import toy_overrides, with_overrides
+    from lib.infra.config import toy_overrides, with_overrides
 
     for p in PROFILES:
         cfg = get_config(p)
@@ -75,7 +75,7 @@ def test_toy_config_is_the_profile_with_the_toy_override_set():
 def test_validation_covers_sections_generically():
     from dataclasses import replace
 
-    from lib.config import validate
+    from lib.infra.config import validate
 
     bad = replace(get_config("ci"), eval=replace(get_config("ci").eval, n_boot="many"))
     with pytest.raises(ConfigError, match="eval.n_boot: expected an integer"):
@@ -83,7 +83,7 @@ def test_validation_covers_sections_generically():
 
 
 def test_a_run_config_with_invalid_json_names_the_file(tmp_path):
-    from lib.config import load_json
+    from lib.infra.config import load_json
 
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json is not valid JSON"):

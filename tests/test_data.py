@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from lib import data
-from lib.config import DataConfig
+from lib.infra.config import DataConfig
 
 
 def cfg(**kw):

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lib import checkpoint as ckpt
+from lib.infra import checkpoint as ckpt
 from lib import generate
 
 ROOT = Path(__file__).resolve().parents[1]

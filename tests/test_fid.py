@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lib import fid
+from lib.measure import fid
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_features_and_reference_stats_feed_the_bootstrap(tmp_path, monkeypatch):
     import numpy as np
     import torch
 
-    from lib import fid, metrics
+    from lib.measure import fid, metrics
 
     g = torch.Generator().manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 3, stride=2)

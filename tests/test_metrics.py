@@ -1,12 +1,14 @@
-"""Metrics: Fréchet distance identities (float64), bootstrap intervals (lib.metrics), the FD_clf classifier (lib.classifier), toy metrics (lib.toymetrics)."""
+"""Metrics: Fréchet distance identities (float64), bootstrap intervals (lib.measure.metrics), the FD_clf classifier (lib.measure.classifier), toy metrics (lib.measure.toymetrics)."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from lib import classifier, data, metrics, toymetrics
-from lib.config import get_config
+from lib.measure import classifier, metrics, toymetrics
+
+from lib import data
+from lib.infra.config import get_config
 
 
 def _rand_cov(rng, d):
@@ -167,7 +169,7 @@ def test_paired_comparison_is_narrower_for_paired_samples():
     """Two arms whose sample i shares a common component (as samples from the same x_T do): the
     paired bootstrap sees that the difference varies less than each arm."""
     import numpy as np
-    from lib.metrics import compare_bootstrap
+    from lib.measure.metrics import compare_bootstrap
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(2000, 4))
@@ -187,7 +189,7 @@ def test_small_sample_fd_interval_is_centred_on_the_estimate():
     """At n ≈ D² scale the bootstrap FDs all exceed the full-sample FD (resampling duplicates
     points); the bias-corrected interval must still contain the estimate."""
     import numpy as np
-    from lib.metrics import fd_bootstrap
+    from lib.measure.metrics import fd_bootstrap
 
     rng = np.random.default_rng(0)
     ref, gen = rng.normal(size=(5000, 32)), rng.normal(size=(120, 32)) + 0.2

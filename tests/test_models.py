@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.config import get_config
+from lib.infra.config import get_config
 from lib.mlp import ToyMLP, build_mlp
 from lib.unet import AttnBlock, Downsample, Upsample, as_time, build_unet, num_groups, timestep_embedding
 

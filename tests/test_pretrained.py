@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib import pretrained
-from lib.config import ModelConfig
+from lib.infra.config import ModelConfig
 from lib.unet import UNet, build_unet
 
 # google/ddpm-cifar10-32's UNet2DModel configuration (35,746,307 parameters, like ours).
@@ -160,7 +160,7 @@ def test_a_named_checkpoint_in_place_is_checked_against_its_md5(tmp_path):
 
 
 def test_train_init_from_starts_both_arms_from_the_same_weights_and_records_it(tmp_path):
-    from lib.config import get_config
+    from lib.infra.config import get_config
     from lib.train import train
 
     cfg = get_config("ci", ["train.steps=2", "train.ckpt_every=1", "train.log_every=1"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import checkpoint as ckpt
+from lib.infra import checkpoint as ckpt
 from lib import generate
 from lib.schedule import linear_schedule
 

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib import checkpoint as ckpt
-from lib import data, generate, rundir
+from lib.infra import checkpoint as ckpt
+from lib import data, generate
+from lib.infra import rundir
 from lib import train as T
-from lib.config import ConfigError, get_config, toy_config, with_overrides
+from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -158,16 +159,16 @@ def test_4_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
     c.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 2\n')
     assert rundir._tree_hash(a) == rundir._tree_hash(b) != rundir._tree_hash(c)
     assert set(T.training_code("mlp", "cdm")) >= {"lib/losses.py", "lib/train.py", "lib/mlp.py", "lib/related/cdm.py"}
-    assert "lib/related/cdm.py" not in T.training_code("unet", "s2dm") and "lib/config.py" not in T.training_code("unet", "s2dm")
+    assert "lib/related/cdm.py" not in T.training_code("unet", "s2dm") and "lib/infra/config.py" not in T.training_code("unet", "s2dm")
 
 
 def test_4_a_changed_profile_definition_retrains_but_other_overrides_are_refused(tmp_path, monkeypatch):
-    from lib import config
+    from lib.infra import config
 
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
     real = config.PROFILES["ci"]
-    # the ci profile's EMA decay is edited in lib/config.py: the same command now means another run
+    # the ci profile's EMA decay is edited in lib/infra/config.py: the same command now means another run
     monkeypatch.setitem(rundir.PROFILES, "ci", lambda: with_overrides(real(), {"train.ema_decay": 0.8}))
     new = toy(**{"train.steps": 4, "train.ema_decay": 0.8})
     with pytest.warns(UserWarning, match="definition of profile 'ci' changed"):
@@ -209,7 +210,7 @@ def test_5_a_failed_notebook_does_not_replace_good_tables(tmp_path, fails):
     (figures / "99_table.csv").write_text("good\n")
     (figures / "98_input.csv").write_text("x\n1\n")
     nb = _notebook(tmp_path / "99_probe.ipynb", (
-        "from lib import paths, report\n"
+        "from lib.infra import paths\nfrom lib.experiment import report\n"
         "P = paths.Paths(profile, root or None)\n"
         "assert P.require(P.figures / '98_input.csv', '98') .read_text() == 'x\\n1\\n'  # another notebook's table\n"
         "report.save_table([{'a': 1}], P.figures, '99_table')\n"

@@ -1,13 +1,13 @@
-"""Training runs as parallel processes (lib.runs): the command line rebuilds the config exactly,
+"""Training runs as parallel processes (lib.experiment.runs): the command line rebuilds the config exactly,
 finished runs are skipped, failures name the run and its stderr, one directory never gets two processes."""
 import json
 
 import pytest
 
-from lib import runs
-from lib.config import get_config, toy_config, with_overrides
+from lib.experiment import runs
+from lib.infra.config import get_config, toy_config, with_overrides
 from lib.generate import load_model
-from lib.paths import Paths
+from lib.infra.paths import Paths
 
 
 def _toy_job(tmp_path, seed, arm="baseline", name=None):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib import samplers
-from lib.config import get_config
+from lib.infra.config import get_config
 from lib.mlp import ToyMLP
 from lib.schedule import linear_schedule
 from lib.related.skiptuning import SkipTuned, rho_profile

@@ -1,11 +1,13 @@
-"""Seed-level statistics (lib.stats) and the table writers (lib.report)."""
+"""Seed-level statistics (lib.measure.stats) and the table writers (lib.experiment.report)."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lib import report, stats
+from lib.experiment import report
+
+from lib.measure import stats
 
 
 def test_seed_interval_matches_student_t():

@@ -11,10 +11,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
+# The folder rule: lib/infra (config, run directory, checkpoints, paths, processes, progress) is the
+# bottom and imports nothing else of lib; the paper (the modules at the top of lib/) imports only
+# lib.infra; the neighbours (lib/related) and the measurement (lib/measure) import the paper and
+# lib.infra but not each other; the experiment (lib/experiment) may import everything.
+LAYERS = {"infra": 0, "paper": 1, "related": 2, "measure": 2, "experiment": 3}
+# Where the paper's code dispatches to a neighbour by name: the sampler registry lists the neighbouring
+# samplers beside its own, and the training loop's loss dispatch trains the CDM arm. Nothing else.
+REGISTRIES = {("lib.samplers", "lib.related.restart"), ("lib.samplers", "lib.related.timeshift"),
+              ("lib.train", "lib.related.cdm")}
 # The method's own foundations: they must never depend on a neighbouring method (lib.related).
-FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.metrics", "lib.classifier",
-               "lib.toymetrics", "lib.stats", "lib.checkpoint", "lib.rundir", "lib.transfer", "lib.analytic",
-               "lib.config", "lib.factory", "lib.paths", "lib.report", "lib.progress")
+FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.transfer", "lib.analytic",
+               "lib.factory", "lib.measure.metrics", "lib.measure.classifier", "lib.measure.toymetrics",
+               "lib.measure.stats", "lib.infra.checkpoint", "lib.infra.rundir", "lib.infra.config", "lib.infra.paths",
+               "lib.infra.progress", "lib.experiment.report")
+
+
+def layer(module: str) -> str:
+    """The layer of a lib module: its subpackage, or 'paper' for the modules at the top of lib/."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else "paper"
 
 
 def _module_name(path: Path) -> str:
@@ -63,6 +79,28 @@ def test_no_import_cycle_inside_lib():
     graph = _graph()
     cycles = [m for m in graph if m in _reachable(graph, m)]
     assert not cycles, f"modules on an import cycle: {cycles}; graph: {json.dumps(graph, indent=1)}"
+
+
+def test_imports_follow_the_folder_rule():
+    graph = _graph()
+    bad = [(m, d) for m, deps in graph.items() for d in deps
+           if (m, d) not in REGISTRIES and (LAYERS[layer(d)] > LAYERS[layer(m)]
+                                             or (layer(d) != layer(m) and LAYERS[layer(d)] == LAYERS[layer(m)]))]
+    assert not bad, (f"imports against the folder rule (infra <- paper <- related, measure <- experiment): {bad}; "
+                     "move the code to the layer that may import it")
+
+
+def test_the_folder_rule_catches_an_upward_import():
+    assert layer("lib.infra.config") == "infra" and layer("lib.samplers") == "paper"
+    assert layer("lib.related.cdm") == "related" and layer("lib.experiment.runs") == "experiment"
+    assert LAYERS[layer("lib.experiment.runs")] > LAYERS[layer("lib.train")]  # train -> experiment would be flagged
+
+
+def test_the_top_of_lib_is_the_paper():
+    top = sorted(p.stem for p in LIB.glob("*.py") if p.stem != "__init__")
+    subpackages = sorted(p.name for p in LIB.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert subpackages == ["experiment", "infra", "measure", "related"], subpackages
+    assert len(top) <= 14, f"lib/ holds {len(top)} modules at the top: {top}; the paper's modules only"
 
 
 def test_no_importlib_tricks_in_lib():

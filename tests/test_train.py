@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import checkpoint as ckpt
+from lib.infra import checkpoint as ckpt
 from lib import train as T
-from lib.config import ConfigError, get_config, toy_config, with_overrides
+from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,6 +204,6 @@ def test_ema_rampup_resumes_bit_for_bit(tmp_path):
 
 
 def test_short_profiles_ramp_the_ema_in_and_long_ones_do_not():
-    from lib.config import get_config as gc
+    from lib.infra.config import get_config as gc
     assert (gc("ci").train.ema_rampup, gc("cpu").train.ema_rampup) == (0.05, 0.05)
     assert (gc("gpu").train.ema_rampup, gc("paper").train.ema_rampup) == (0.0, 0.0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lib.metrics import frechet_distance
+from lib.measure.metrics import frechet_distance
 
 MMD_BANDWIDTHS = (0.1, 0.3, 1.0)
 

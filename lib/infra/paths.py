@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # lib/infra/paths.py -> the repository
 STAGE_FOR, STAGE_DIR = "S2DM_STAGE_FOR", "S2DM_STAGE_DIR"
 
 

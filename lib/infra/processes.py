@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 
-from lib.paths import ROOT
+from lib.infra.paths import ROOT
 
 
 @contextlib.contextmanager

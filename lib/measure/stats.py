@@ -1,7 +1,7 @@
 """Uncertainty over training seeds: Student-t intervals over seeds, and paired arm differences.
 
 The unit of replication is the training seed: seed s of every arm shares initial weights, data order
-and noise streams (lib.runs), so the arms' difference is measured *within* a seed and its spread over
+and noise streams (lib.experiment.runs), so the arms' difference is measured *within* a seed and its spread over
 seeds is what another training run would bring. An interval over seeds therefore contains the
 sampling noise of each seed's sample set as well as the seed-to-seed variation.
 """
@@ -52,7 +52,7 @@ def summarize_toy(rows: list[dict], metric: str = "mmd", level: float = 0.95, ba
 
 
 def seed_difference(per_seed: list[dict], level: float = 0.95) -> dict:
-    """Combine per-seed paired comparisons (lib.metrics.compare_bootstrap outputs) of two arms.
+    """Combine per-seed paired comparisons (lib.measure.metrics.compare_bootstrap outputs) of two arms.
 
     * ``diff`` ± (``diff_lo``, ``diff_hi``): mean over seeds of FD_a − FD_b with the **paired t-interval
       over seeds** (seed-to-seed variation included); ``rel*`` the same for (FD_a − FD_b)/FD_a.

@@ -10,7 +10,7 @@ clean-fid would have fetched it from. The Inception network is then built with
 
 ``mode="legacy_tensorflow"`` reproduces the TensorFlow FID that papers report (the resize happens
 inside the network); ``mode="clean"`` is clean-fid's own PIL-bicubic variant. Numbers from the two
-modes, and from the classifier FD of ``lib/metrics.py``, are not comparable.
+modes, and from the classifier FD of ``lib/measure/metrics.py``, are not comparable.
 
 With ``feat_extractor`` (any callable mapping float images [B, 3, H, W] in [0, 255] to features
 [B, D]) and ``ref_images``, the whole clean-fid folder pipeline runs without Inception weights:
@@ -147,7 +147,7 @@ def inception_fid(images, *, dataset: str = "cifar10", dataset_res: int = 32, sp
 def inception_features(images, *, mode: str = "legacy_tensorflow", device=None, batch_size: int = 100,
                        num_workers: int = 0, feat_extractor=None) -> np.ndarray:
     """clean-fid's Inception features [N, 2048] of ``images`` with exactly compute_fid's preprocessing
-    (PNG round trip, mode-specific resize), so their statistics can be bootstrapped (lib.metrics)."""
+    (PNG round trip, mode-specific resize), so their statistics can be bootstrapped (lib.measure.metrics)."""
     if mode not in MODES:
         raise ValueError(f"unknown FID mode {mode!r}; valid: {', '.join(MODES)}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))

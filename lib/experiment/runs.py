@@ -8,7 +8,7 @@
 
 :func:`train_parallel` runs unfinished runs as ``python -m lib.train ... --quiet`` subprocesses, at
 most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
-(lib.processes; bench/seeds_speed.py measures what it buys).
+(lib.infra.processes; bench/seeds_speed.py measures what it buys).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib import checkpoint as ckpt
-from lib import processes
-from lib.config import Config, get_config, toy_config, with_overrides
-from lib.paths import Paths
+from lib.infra import checkpoint as ckpt
+from lib.infra import processes
+from lib.infra.config import Config, get_config, toy_config, with_overrides
+from lib.infra.paths import Paths
 from lib.train import train
 
 ARMS = ("baseline", "s2dm")
@@ -57,7 +57,7 @@ def require_image_runs(paths: Paths, cfg: Config, arms=ARMS) -> None:
 # ---------------------------------------------------------------------------- training jobs
 @dataclass(frozen=True)
 class Job:
-    """One training run: ``cfg`` (for a toy run, the output of :func:`lib.config.toy_config`)."""
+    """One training run: ``cfg`` (for a toy run, the output of :func:`lib.infra.config.toy_config`)."""
 
     cfg: Config
     arm: str

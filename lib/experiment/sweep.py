@@ -1,10 +1,10 @@
 """The experiment grid of notebooks 04 and 06: every (arm, sampler, steps, training seed) cell.
 
-* Toy cells: per toy seed, exact measures against the known mixture (lib.toymetrics); a cell's
-  uncertainty is the spread over seeds (lib.stats).
-* Image cells: per image training seed, FD_clf or FID with a sample bootstrap (lib.evaluate); every
+* Toy cells: per toy seed, exact measures against the known mixture (lib.measure.toymetrics); a cell's
+  uncertainty is the spread over seeds (lib.measure.stats).
+* Image cells: per image training seed, FD_clf or FID with a sample bootstrap (lib.experiment.evaluate); every
   cell of every arm starts from the same x_T (paired samples), and the arms of one seed share
-  initial weights, data order and noise streams (lib.runs), so arm differences are paired twice.
+  initial weights, data order and noise streams (lib.experiment.runs), so arm differences are paired twice.
 """
 from __future__ import annotations
 
@@ -13,19 +13,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lib import data, generate, processes, samplers, toymetrics
-from lib.config import Config, toy_config
-from lib.evaluate import ImageEvaluator, image_cell
+from lib import data, generate, samplers
+
+from lib.infra import processes
+
+from lib.measure import toymetrics
+from lib.infra.config import Config, toy_config
+from lib.experiment.evaluate import ImageEvaluator, image_cell
 from lib.factory import schedule_of
-from lib.paths import Paths
-from lib.runs import ARMS, image_run, image_seeds, toy_run
+from lib.infra.paths import Paths
+from lib.experiment.runs import ARMS, image_run, image_seeds, toy_run
 
 __all__ = ["ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
 
 
 def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, progress=True,
               model_wrapper=None, tag: str = "", **options) -> list[dict]:
-    """Every (arm, method, steps) cell on the toy, per seed: :func:`lib.toymetrics.toy_metrics`.
+    """Every (arm, method, steps) cell on the toy, per seed: :func:`lib.measure.toymetrics.toy_metrics`.
 
     ``model_wrapper(model, arm) -> eps_model`` lets notebook 06 apply training-free fixes."""
     tcfg = toy_config(cfg)
@@ -52,11 +56,11 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
 
 def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=ARMS, seeds=None, grid=None,
                 progress=True) -> list[dict]:
-    """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.evaluate.image_cell),
+    """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.experiment.evaluate.image_cell),
     in that order.
 
     With ``experiment.workers`` ≠ 1 and several (seed, arm) groups, each group runs in its own
-    single-threaded worker process (``python -m lib.sweep JOB.json``, lib.processes), at most
+    single-threaded worker process (``python -m lib.experiment.sweep JOB.json``, lib.infra.processes), at most
     ``workers`` at a time; the cells are the same either way (same models, x_T and sampler noise)."""
     seeds = list(image_seeds(cfg) if seeds is None else seeds)
     groups = [(s, a) for s in seeds for a in arms]
@@ -72,7 +76,7 @@ def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, a
             job.write_text(json.dumps({"config": cfg.to_dict(), "profile": paths.profile, "root": str(paths.base),
                                        "arm": a, "seed": s, "methods": list(methods), "steps": list(steps),
                                        "grid": grid, "out": str(Path(tmp) / f"{a}-{s}.rows.json")}))
-            commands[s, a] = [sys.executable, "-m", "lib.sweep", str(job)]
+            commands[s, a] = [sys.executable, "-m", "lib.experiment.sweep", str(job)]
         if progress:
             print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells, {workers} processes at a time",
                   flush=True)
@@ -90,9 +94,9 @@ def _group_cells(ev, cfg, paths, arm, seed, methods, steps, grid, progress):
 
 
 def _worker(job_file: str) -> int:
-    """``python -m lib.sweep JOB.json``: the image cells of one (seed, arm) group, rows written to job['out']."""
-    from lib.checkpoint import atomic_write_text
-    from lib.config import from_dict
+    """``python -m lib.experiment.sweep JOB.json``: the image cells of one (seed, arm) group, rows written to job['out']."""
+    from lib.infra.checkpoint import atomic_write_text
+    from lib.infra.config import from_dict
 
     job = json.loads(Path(job_file).read_text())
     cfg = from_dict(job["config"])

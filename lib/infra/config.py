@@ -23,7 +23,15 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args, get_origin, get_type_hints
 
-from lib.data import DATASETS, TOY_DATASETS
+
+
+TOY_DATASETS = ("ring8", "grid25")
+IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
+# (channels, training images) of every dataset (lib.data loads them), so that a config is checked
+# before anything is loaded (toy data are sampled: no fixed size; CelebA: partition 0 of
+# list_eval_partition.txt).
+DATASETS = {"ring8": (2, 0), "grid25": (2, 0), "digits": (1, 1797), "mnist": (1, 5000), "cifar10": (3, 50_000),
+            "celeba": (3, 162_770)}
 
 
 class ConfigError(ValueError):
@@ -352,7 +360,7 @@ def validate(cfg: Config) -> Config:
     need(data.n_train >= 0, f"data.n_train must be >= 0 (0 = all), got {data.n_train}")
     toy = data.dataset in TOY_DATASETS
     need(toy == (m.kind == "mlp"), f"data.dataset={data.dataset!r} needs model.kind={'mlp' if toy else 'unet'!r}, got "
-         f"{m.kind!r} (2-D toy data train the MLP, images the UNet; lib.config.toy_config(cfg) is a profile's toy experiment)")
+         f"{m.kind!r} (2-D toy data train the MLP, images the UNet; lib.infra.config.toy_config(cfg) is a profile's toy experiment)")
     channels, n_images = DATASETS[data.dataset]
     need(m.in_channels == channels == m.out_ch, f"model.in_channels={m.in_channels} and model.out_ch={m.out_ch}, but "
          f"{data.dataset} has {channels} channel(s): set both to {channels}")

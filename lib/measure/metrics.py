@@ -1,14 +1,14 @@
 """The Fréchet distance and its bootstrap intervals (FD_clf on classifier features, or FID).
 
 FD_clf is the Fréchet distance d² = ‖μ₁ − μ₂‖² + Tr(C₁ + C₂ − 2(C₁C₂)^{1/2}) (the FID formula) between
-Gaussians fitted to the penultimate features of the small classifier of :mod:`lib.classifier`. It is
+Gaussians fitted to the penultimate features of the small classifier of :mod:`lib.measure.classifier`. It is
 *not* FID: its numbers are on another scale and must never be compared with Inception FID (see
-``lib/fid.py`` for that).
+``lib/measure/fid.py`` for that).
 
 Uncertainty (:func:`fd_bootstrap`, :func:`compare_bootstrap`) resamples the *generated* features
 with replacement and keeps the reference statistics fixed: the question is how much FD would move
 with another draw of generated samples from the same model, against the same reference set (the
-variation over *training seeds* is :mod:`lib.stats`'s). FD is biased upwards at finite n (a resample
+variation over *training seeds* is :mod:`lib.measure.stats`'s). FD is biased upwards at finite n (a resample
 holds ≈63% distinct points), so the bootstrap distribution sits slightly above the point estimate;
 the intervals are bias-corrected percentile intervals.
 """
@@ -58,7 +58,7 @@ def gaussian_stats(f) -> tuple[np.ndarray, np.ndarray]:
 
 def reference_moments(f_ref) -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of a reference: features [N, D], or already a (μ, Σ) pair (e.g. clean-fid's stored
-    Inception statistics, lib.fid.reference_stats)."""
+    Inception statistics, lib.measure.fid.reference_stats)."""
     if isinstance(f_ref, tuple) and len(f_ref) == 2:
         mu, cov = (np.asarray(a, dtype=np.float64) for a in f_ref)
         if mu.ndim != 1 or cov.shape != (len(mu), len(mu)):

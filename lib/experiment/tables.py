@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib import stats
+from lib.measure import stats
 
 
 def _fmt(v, lo, hi, digits=3, sign=""):
@@ -23,7 +23,7 @@ def arm_cell(cells: list[dict], metric: str, level: float) -> str:
 
 def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float, arms, claim) -> list[dict]:
     """Rows sampler × {arms, improvement %, FD difference}, columns S=…, from 04's cells (with a
-    ``seed`` column) and {(method, S): lib.compare result}."""
+    ``seed`` column) and {(method, S): lib.experiment.compare result}."""
     methods = list(dict.fromkeys(r["method"] for r in cells))
     steps = sorted({int(r["steps"]) for r in cells})
     table = []
@@ -45,7 +45,7 @@ def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float
 
 
 def summary(comparisons: dict, claim) -> dict:
-    """How many cells S²-DM wins or loses, decided by the seed-level interval (lib.stats.seed_difference)."""
+    """How many cells S²-DM wins or loses, decided by the seed-level interval (lib.measure.stats.seed_difference)."""
     cs = list(comparisons.values())
     n = len(cs)
     better = sum(c["excludes_zero"] and c["diff"] > 0 for c in cs)
@@ -75,7 +75,7 @@ def seed_spread(cells: list[dict], metric: str) -> list[dict]:
 
 
 def ddim_reference(table1: dict, cells: list[dict], metric: str, dataset: str, grid: str) -> list[dict]:
-    """The published DDIM FIDs (lib.published.DDIM_TABLE1) as rows, with our baseline's DDIM row beside
+    """The published DDIM FIDs (lib.experiment.published.DDIM_TABLE1) as rows, with our baseline's DDIM row beside
     them when it is comparable (Inception FID on one of those datasets; mean over training seeds)."""
     names = {"cifar10": "CIFAR-10", "celeba": "CelebA"}
     rows = [{"dataset": f"{names[k]} ({v['grid']} stride)", **{f"S={S}": f for S, f in v["fid"].items()}}

@@ -29,9 +29,9 @@ import socket
 import warnings
 from pathlib import Path
 
-from lib import checkpoint as ckpt
-from lib.config import PROFILES, Config, ConfigError, from_dict, load_json, toy_config
-from lib.paths import ROOT
+from lib.infra import checkpoint as ckpt
+from lib.infra.config import PROFILES, Config, ConfigError, from_dict, load_json, toy_config
+from lib.infra.paths import ROOT
 
 try:
     import fcntl

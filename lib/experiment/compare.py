@@ -1,16 +1,16 @@
 """Paired comparisons of two image cells from their saved features, per training seed and over seeds.
 
 Within one training seed both cells' sample i start from the same x_T, so the sample bootstrap is
-paired (lib.metrics.compare_bootstrap); over seeds the per-seed differences are combined with a
-paired t-interval (lib.stats.seed_difference), which is what decides "better" or "worse".
+paired (lib.measure.metrics.compare_bootstrap); over seeds the per-seed differences are combined with a
+paired t-interval (lib.measure.stats.seed_difference), which is what decides "better" or "worse".
 A cell is named by (arm, label) and the config whose sample set it used (set A/B of notebook 06).
 """
 from __future__ import annotations
 
-from lib import metrics, stats
-from lib.config import Config
-from lib.evaluate import load_features
-from lib.paths import Paths
+from lib.measure import metrics, stats
+from lib.infra.config import Config
+from lib.experiment.evaluate import load_features
+from lib.infra.paths import Paths
 
 
 def compare_seed(paths: Paths, cfg: Config, a: tuple, b: tuple, steps: int, ref, seed: int = 0, *,
@@ -24,7 +24,7 @@ def compare_seed(paths: Paths, cfg: Config, a: tuple, b: tuple, steps: int, ref,
 
 def compare_over_seeds(paths: Paths, cfg: Config, a: tuple, b: tuple, steps: int, ref, seeds, *,
                        cfg_b: Config | None = None, producer: str = "04_sampler_sweeps") -> dict:
-    """:func:`compare_seed` for every training seed, combined by :func:`lib.stats.seed_difference`."""
+    """:func:`compare_seed` for every training seed, combined by :func:`lib.measure.stats.seed_difference`."""
     per = [compare_seed(paths, cfg, a, b, steps, ref, s, cfg_b=cfg_b, producer=producer) for s in seeds]
     return {**stats.seed_difference(per, cfg.eval.ci_level), "seeds": list(seeds), "per_seed_boot": per}
 

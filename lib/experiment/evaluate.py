@@ -1,7 +1,7 @@
 """Image cells: generate one (arm, sampler, steps, training seed) sample set, store it, measure it.
 
-The metric is the offline classifier Fréchet distance (``FD_clf``, never called FID; lib.classifier
-and lib.metrics) with a bootstrap interval over the generated samples, or Inception FID (clean-fid)
+The metric is the offline classifier Fréchet distance (``FD_clf``, never called FID; lib.measure.classifier
+and lib.measure.metrics) with a bootstrap interval over the generated samples, or Inception FID (clean-fid)
 at profiles gpu/paper. The samples (uint8) and their features are saved under
 ``data/runs/<profile>/{samples,features}/`` so that later notebooks form paired comparisons from files.
 """
@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import classifier, data, generate, metrics, samplers
-from lib.config import Config
+from lib.measure import classifier, metrics
+
+from lib import data, generate, samplers
+from lib.infra.config import Config
 from lib.factory import resolve_device, schedule_of
-from lib.paths import Paths
+from lib.infra.paths import Paths
 
 
 class ImageEvaluator:
@@ -33,7 +35,7 @@ class ImageEvaluator:
                                                  device=self.device, progress=progress)
             self.ref = classifier.features(self.net, data.to_model_range(images).to(self.device))
         else:  # Inception FID against clean-fid's stored training-set statistics (checked offline first)
-            from lib import fid
+            from lib.measure import fid
 
             self.fid = fid
             self.ref = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", cfg.eval.fid_mode)

@@ -7,7 +7,7 @@
   for the same steps under the baseline's loss (``baseline-ft``); runs in parallel processes.
 * :class:`Cells`: every image cell (sampler × arm × step count × training seed), the grid search
   (seed 0, set A), the set-B report, the implied-scaling cells, and paired comparisons whose
-  interval includes the seed-to-seed variation (lib.compare).
+  interval includes the seed-to-seed variation (lib.experiment.compare).
 """
 from __future__ import annotations
 
@@ -20,13 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import compare, generate, processes, published, rundir, runs, samplers
-from lib.config import Config, with_overrides
-from lib.evaluate import ImageEvaluator, image_cell
+from lib.experiment import compare, published, runs
+
+from lib import generate, samplers
+
+from lib.infra import processes, rundir
+from lib.infra.config import Config, with_overrides
+from lib.experiment.evaluate import ImageEvaluator, image_cell
 from lib.factory import resolve_device, schedule_of
-from lib.paths import Paths
+from lib.infra.paths import Paths
 from lib.related import epsscale, skiptuning
-from lib.sweep import toy_sweep
+from lib.experiment.sweep import toy_sweep
 from lib.train import read_log, seconds_per_step
 
 ARMS = ("baseline", "s2dm", "cdm")
@@ -134,7 +138,7 @@ class Cells:
 
     :meth:`seed_cells` (phase ``"A"``: every sampler on every arm, and the implied scaling; phase
     ``"B"``: the set-B report with the chosen ρ and λ) runs each training seed in its own
-    single-threaded process when ``experiment.workers`` ≠ 1 (``python -m lib.related_sweep JOB.json``);
+    single-threaded process when ``experiment.workers`` ≠ 1 (``python -m lib.experiment.related_sweep JOB.json``);
     the cells are the same either way."""
 
     def __init__(self, plan: Plan, paths: Paths, ev: ImageEvaluator):
@@ -152,7 +156,7 @@ class Cells:
         return self._models[arm, seed]
 
     def cell(self, arm: str, label: str, S: int, seed: int, *, model=None, set_B: bool = False, method=None, **options):
-        """One image cell (lib.evaluate.image_cell); set-B cells carry '@B' in their label."""
+        """One image cell (lib.experiment.evaluate.image_cell); set-B cells carry '@B' in their label."""
         c = self.plan.cfg_B if set_B else self.plan.cfg
         name = label + ("@B" if set_B else "")
         r = image_cell(self.ev, model or self.model(arm, seed), c, arm, method or label, S, seed=seed, label=name,
@@ -178,7 +182,7 @@ class Cells:
                 job.write_text(json.dumps({"config": self.plan.cfg.to_dict(), "profile": self.paths.profile,
                                            "root": str(self.paths.base), "phase": phase, "seed": s,
                                            "rho": self.rho, "lam": lam, "out": str(Path(tmp) / f"{phase}-{s}.rows.json")}))
-                commands[s] = [sys.executable, "-m", "lib.related_sweep", str(job)]
+                commands[s] = [sys.executable, "-m", "lib.experiment.related_sweep", str(job)]
             failures = processes.run_parallel(commands, workers, progress, lambda s: f"06 cells phase {phase}, seed {s}")
             if failures:
                 raise RuntimeError(f"{len(failures)} of {len(seeds)} seeds' cells failed:\n" + "\n".join(failures))
@@ -266,7 +270,7 @@ class Cells:
 
     # ------------------------------------------------------------------------ comparisons
     def compare(self, a: tuple, b: tuple, S: int, what: str) -> dict:
-        """FD(a) − FD(b) (> 0: b better) for (arm, label) cells over every training seed (lib.compare);
+        """FD(a) − FD(b) (> 0: b better) for (arm, label) cells over every training seed (lib.experiment.compare);
         Heun/Restart at N = S/2 + 1; '@B' labels read set B."""
         p, name = self.plan, self.ev.name
         n = num_steps(a[1], S)
@@ -316,7 +320,7 @@ class Cells:
         return out
 
     def methods_table(self) -> list[dict]:
-        """Every cell with the FID its method's paper reports on CIFAR-10 (lib.published), for orientation."""
+        """Every cell with the FID its method's paper reports on CIFAR-10 (lib.experiment.published), for orientation."""
         out = []
         for r in sorted(self.rows, key=lambda r: (r["set"], r["arm"], r["method"], r["nfe"])):
             key = r["steps"] if r["method"] in STEP_SAMPLERS else r["nfe"]
@@ -341,7 +345,7 @@ def comparison_columns(metric: str) -> list[str]:
 def toy_cells(plan: Plan, paths: Paths) -> list[dict]:
     """DDIM on every toy arm, Time-Shift and Restart on the three models, and the implied ε scaling on
     the baseline and S²-DM (Skip-Tuning does not apply: the toy MLP has no skip connections)."""
-    from lib.config import toy_config
+    from lib.infra.config import toy_config
 
     cfg = plan.cfg
     toy_arms = ARMS + ((plan.control,) if plan.finetune else ())
@@ -368,9 +372,9 @@ class _ImpliedWrapper:
 
 
 def _worker(job_file: str) -> int:
-    """``python -m lib.related_sweep JOB.json``: one phase of one training seed's cells, rows to job['out']."""
-    from lib.checkpoint import atomic_write_text
-    from lib.config import from_dict
+    """``python -m lib.experiment.related_sweep JOB.json``: one phase of one training seed's cells, rows to job['out']."""
+    from lib.infra.checkpoint import atomic_write_text
+    from lib.infra.config import from_dict
 
     job = json.loads(Path(job_file).read_text())
     paths = Paths(job["profile"], Path(job["root"]))

@@ -1,8 +1,8 @@
 """The FD_clf feature network: a small CNN classifier trained on the dataset's own labels, cached.
 
-Its penultimate features are what :mod:`lib.metrics` measures the Fréchet distance on at profiles
+Its penultimate features are what :mod:`lib.measure.metrics` measures the Fréchet distance on at profiles
 ci/cpu (FD_clf, offline; never called FID: its numbers are on another scale than Inception FID,
-``lib/fid.py``). It runs without downloads on digits, MNIST-5k and CIFAR-10.
+``lib/measure/fid.py``). It runs without downloads on digits, MNIST-5k and CIFAR-10.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib.checkpoint import atomic_write_bytes
+from lib.infra.checkpoint import atomic_write_bytes
 
 CLASSIFIER_DATASETS = ("digits", "mnist", "cifar10")
 
@@ -58,7 +58,7 @@ def train_classifier(images_uint8: torch.Tensor, labels: torch.Tensor, *, steps:
     """Train :class:`FeatureClassifier` with Adam on 90% of the images (in model range [-1, 1]);
     the accuracy on the held-out 10% is printed and stored in ``model.meta['heldout_accuracy']``.
     Returns the model in eval mode on ``device``."""
-    from lib.progress import tqdm
+    from lib.infra.progress import tqdm
 
     from lib.data import to_model_range
 

@@ -6,7 +6,7 @@ import io
 import sys
 from pathlib import Path
 
-from lib.checkpoint import atomic_write_text
+from lib.infra.checkpoint import atomic_write_text
 
 
 def save_figure(fig, folder, name: str, dpi: int = 150) -> list[Path]:
