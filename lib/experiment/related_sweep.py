@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lib.experiment import compare, published, runs
 
@@ -27,7 +28,7 @@ from lib import generate, samplers
 from lib.infra import processes, rundir
 from lib.infra.config import Config, with_overrides
 from lib.experiment.evaluate import ImageEvaluator, image_cell
-from lib.factory import resolve_device, schedule_of
+from lib.factory import build_model, resolve_device, schedule_of
 from lib.infra.paths import Paths
 from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
@@ -117,9 +118,41 @@ def train_cdm(plan: Plan, paths: Paths, progress: bool = True) -> None:
     runs.train_parallel(jobs, x.workers, progress)
 
 
+def step_flops(cfg: Config, arm: str) -> int:
+    """Floating-point operations of one training step of ``arm`` (loss with its no-grad CDM chains, backward),
+    counted by torch.utils.flop_counter on a fresh model and one real batch: deterministic, unlike wall time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lib import data
+    from lib.train import EMA, make_loss, train_step
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_rampup)
+    x0 = data.to_model_range(data.load_images(cfg.data)[0][:cfg.train.batch_size]).float()
+    loss_fn = make_loss(cfg, arm, schedule_of(cfg))
+    with processes.single_thread(), FlopCounterMode(display=False) as counter:
+        train_step(model, opt, ema, loss_fn, x0, torch.Generator().manual_seed(0), grad_clip=cfg.train.grad_clip)
+    return int(counter.get_total_flops())
+
+
+def cdm_flops(plan: Plan) -> list[dict]:
+    """FLOPs per training step of the baseline and the CDM arm (the paper's 5 EM steps per chain, and this
+    profile's): the deterministic cost that notebook 06 checks (issue 19: never a wall-clock assertion)."""
+    cfg = plan.cfg
+    base = step_flops(cfg, "baseline")
+    rows = [{"arm": "baseline", "EM steps per chain": 0, "GFLOP/step": base / 1e9, "× baseline": 1.0}]
+    for k in sorted({5, cfg.experiment.cdm_chain_steps or 5}):
+        f = step_flops(with_overrides(cfg, {"loss.cdm_steps": k}), "cdm")
+        rows.append({"arm": "cdm", "EM steps per chain": k, "GFLOP/step": f / 1e9, "× baseline": f / base})
+    return rows
+
+
 def cdm_cost(plan: Plan, paths: Paths) -> list[dict]:
     """Seconds per training step of the baseline and the CDM arm (the paper's 5 EM steps per chain, and
-    this profile's), measured in this process on one real batch; with the runs' loss.csv throughput."""
+    this profile's), measured in this process on one real batch; with the runs' loss.csv throughput.
+    Wall time depends on the machine's load: a reported number, never a test (cdm_flops is the check)."""
     cfg = plan.cfg
     dev = str(resolve_device(cfg.train.device))
     base_s = seconds_per_step(cfg, "baseline", n_steps=2, device=dev)

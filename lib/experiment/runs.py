@@ -5,6 +5,9 @@
   arms of one seed differ only in the loss. Seed 0 lives in ``images/<arm>`` (as with one seed),
   seed s > 0 in ``images/<arm>-seed<s>``.
 * Toy arms are trained with ``toy.n_seeds`` seeds each, in ``toy/<arm>-seed<s>``.
+* The dose–response runs (lib.experiment.dose) are S²-DM at other loss strengths (skip, τ), arm name
+  ``s2dm-k<skip>-t<τ>`` (e.g. ``images/s2dm-k99-t0.99-seed1``): seed s has the baseline's ``train.seed = s``
+  and differs from the s2dm arm only in ``loss.skip``/``loss.tau``.
 
 :func:`train_parallel` runs unfinished runs as ``python -m lib.train ... --quiet`` subprocesses, at
 most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
@@ -75,6 +78,57 @@ def toy_jobs(cfg: Config, paths: Paths, arms=ARMS) -> dict:
     """{(arm, seed): Job} of the toy arms."""
     return {(a, s): Job(seed_config(toy_config(cfg), s), a, toy_run(paths, a, s), toy=True)
             for s in range(cfg.toy.n_seeds) for a in arms}
+
+
+def dose_arm(skip: int, tau: float) -> str:
+    """The run name of S²-DM trained at loss strength (skip, τ)."""
+    return f"s2dm-k{skip}-t{tau:g}"
+
+
+def dose_settings(cfg: Config) -> list[tuple[int, float]]:
+    """The dose–response loss strengths zip(experiment.dose_skip, experiment.dose_tau)."""
+    return list(zip(cfg.experiment.dose_skip, cfg.experiment.dose_tau))
+
+
+def dose_label(cfg: Config, skip: int, tau: float) -> str:
+    """The arm that holds S²-DM at (skip, τ): the s2dm arm itself at the profile's loss, else :func:`dose_arm`."""
+    return "s2dm" if (skip, tau) == (cfg.loss.skip, cfg.loss.tau) else dose_arm(skip, tau)
+
+
+def dose_image_settings(cfg: Config) -> list[tuple[int, float]]:
+    """The dose settings that also train as images (experiment.dose_image_settings)."""
+    d = dose_settings(cfg)
+    return [d[i] for i in cfg.experiment.dose_image_settings]
+
+
+def dose_image_seeds(cfg: Config) -> range:
+    """The image seeds of the dose–response runs: 0 … min(dose_image_seeds, n_seeds) − 1 (each needs its baseline)."""
+    return range(min(cfg.experiment.dose_image_seeds, cfg.experiment.n_seeds))
+
+
+def dose_jobs(cfg: Config, paths: Paths) -> dict:
+    """{("toy" | "images", arm, seed): Job} of the dose–response runs not already trained as the s2dm arm:
+    the toy at every setting with toy.n_seeds seeds, images at the image settings; the config of seed s is
+    the s2dm arm's of seed s with ``loss.skip``/``loss.tau`` replaced (same initial weights, data, noise)."""
+    jobs = {}
+    for skip, tau in dose_settings(cfg):
+        arm = dose_label(cfg, skip, tau)
+        if arm == "s2dm":
+            continue
+        loss = {"loss.skip": skip, "loss.tau": tau}
+        toy = with_overrides(toy_config(cfg), loss)
+        for s in range(cfg.toy.n_seeds):
+            jobs["toy", arm, s] = Job(seed_config(toy, s), "s2dm", toy_run(paths, arm, s), toy=True)
+        if (skip, tau) in dose_image_settings(cfg):
+            for s in dose_image_seeds(cfg):
+                jobs["images", arm, s] = Job(with_overrides(seed_config(cfg, s), loss), "s2dm", image_run(paths, arm, s))
+    return jobs
+
+
+def require_dose_runs(paths: Paths, cfg: Config) -> None:
+    """Fail with the producing notebook's name when a dose–response run is missing."""
+    for job in dose_jobs(cfg, paths).values():
+        paths.require(job.out / "final.pt", "03_train")
 
 
 def is_finished(job: Job) -> bool:
@@ -159,10 +213,11 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
 
 
 def train_experiment(cfg: Config, paths: Paths, arms=ARMS, progress: bool = True) -> tuple[dict, dict]:
-    """Train (or resume, or skip) every toy and image run of notebook 03 in one pool of processes;
-    returns ({(arm, seed): toy run}, {(arm, seed): image run})."""
+    """Train (or resume, or skip) every toy and image run of notebook 03, with the dose–response runs
+    (:func:`dose_jobs`), in one pool of processes; returns ({(arm, seed): toy run}, {(arm, seed): image
+    run}) of ``arms``, and the dose runs under their :func:`dose_arm` names."""
     tj, ij = toy_jobs(cfg, paths, arms), image_jobs(cfg, paths, arms)
-    done = train_parallel({**{("toy", *k): j for k, j in tj.items()}, **{("images", *k): j for k, j in ij.items()}},
-                          cfg.experiment.workers, progress)
+    done = train_parallel({**{("toy", *k): j for k, j in tj.items()}, **{("images", *k): j for k, j in ij.items()},
+                           **dose_jobs(cfg, paths)}, cfg.experiment.workers, progress)
     return ({k[1:]: v for k, v in done.items() if k[0] == "toy"},
             {k[1:]: v for k, v in done.items() if k[0] == "images"})

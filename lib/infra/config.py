@@ -451,11 +451,24 @@ class ExperimentConfig:
     rho_bottom: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # Skip-Tuning grid (inner skips)
     es_b: tuple[float, ...] = (1.002, 1.004, 1.006, 1.01, 1.02)  # eps scaling: constant λ grid
     es_k: tuple[float, ...] = (-0.01, 0.01, 0.02)  # eps scaling: slopes around the best constant
+    # The dose–response test of the shrinkage explanation (lib.experiment.dose): S²-DM trained at the loss
+    # strengths zip(dose_skip, dose_tau) (the toy at every one with toy.n_seeds seeds); the settings
+    # indexed by dose_image_settings also train as images with seeds 0 … min(dose_image_seeds, n_seeds) − 1. A setting
+    # equal to (loss.skip, loss.tau) is the s2dm arm itself and is not trained twice.
+    dose_skip: tuple[int, ...] = (9, 9, 99)
+    dose_tau: tuple[float, ...] = (0.99, 0.9, 0.99)
+    dose_image_settings: tuple[int, ...] = (0, 2)
+    dose_image_seeds: int = 3
+    # The positive control: constant ε scaling λ on the baseline (DDIM, related_steps), seeds 0 … min(control_seeds, n_seeds) − 1.
+    control_lambdas: tuple[float, ...] = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
+    control_seeds: int = 3
 
 
 # Notebook 06 at the small profiles: cpu chosen to fit a few minutes on 2 cores per seed.
 _RELATED_CI = dict(related_steps=(5, 10), cdm_finetune=6, cdm_toy_finetune=20, cdm_chain_steps=2,
-                   rho_top=(1.0, 0.9), rho_bottom=(1.0, 0.8), es_b=(1.005, 1.02), es_k=(0.02,))
+                   rho_top=(1.0, 0.9), rho_bottom=(1.0, 0.8), es_b=(1.005, 1.02), es_k=(0.02,),
+                   dose_skip=(9, 99), dose_tau=(0.99, 0.99), dose_image_settings=(1,), dose_image_seeds=2,
+                   control_lambdas=(0.99, 1.01), control_seeds=2)
 _RELATED_CPU = dict(related_steps=(10, 20), related_n_samples=250, related_toy_samples=1000, cdm_finetune=100,
                     cdm_toy_finetune=100, cdm_chain_steps=2, rho_top=(1.0, 0.98), rho_bottom=(1.0, 0.95, 0.9, 0.8),
                     es_b=(1.002, 1.005, 1.01, 1.02), es_k=(-0.02, 0.02))
@@ -477,4 +490,27 @@ def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
     for k in ("rho_top", "rho_bottom", "es_b"):
         if not getattr(x, k) or not all(isinstance(v, (int, float)) and v > 0 for v in getattr(x, k)):
             raise ConfigError(f"experiment.{k} must be a non-empty tuple of positive numbers, got {getattr(x, k)}")
+    return validate_dose(x, T)
+
+
+def validate_dose(x: ExperimentConfig, T: int) -> ExperimentConfig:
+    """Reject an impossible dose–response design (lib.experiment.dose), naming the key."""
+    n = len(x.dose_skip)
+    if n == 0 or len(x.dose_tau) != n:
+        raise ConfigError(f"experiment.dose_skip and experiment.dose_tau are zipped: they need the same non-zero "
+                          f"length, got {x.dose_skip} and {x.dose_tau}")
+    for k, tau in zip(x.dose_skip, x.dose_tau):
+        if not 1 <= k < T or not 0.0 < tau <= 1.0:
+            raise ConfigError(f"experiment.dose_skip/dose_tau: each setting needs 1 <= skip < T={T} and 0 < tau <= 1, "
+                              f"got skip {k}, tau {tau}")
+    if len(set(zip(x.dose_skip, x.dose_tau))) != n:
+        raise ConfigError(f"experiment.dose_skip/dose_tau: a setting is listed twice: {list(zip(x.dose_skip, x.dose_tau))}")
+    if not all(0 <= i < n for i in x.dose_image_settings) or len(set(x.dose_image_settings)) != len(x.dose_image_settings):
+        raise ConfigError(f"experiment.dose_image_settings must be distinct indices into the {n} dose settings, "
+                          f"got {x.dose_image_settings}")
+    for k in ("dose_image_seeds", "control_seeds"):  # used up to experiment.n_seeds (the baseline's seeds)
+        if isinstance(getattr(x, k), bool) or getattr(x, k) < 1:
+            raise ConfigError(f"experiment.{k} must be >= 1, got {getattr(x, k)}")
+    if not x.control_lambdas or not all(v > 0 for v in x.control_lambdas):
+        raise ConfigError(f"experiment.control_lambdas must be a non-empty tuple of positive numbers, got {x.control_lambdas}")
     return x
