@@ -1,0 +1,108 @@
+"""The dose–response test of the shrinkage explanation (lib.experiment.dose) and its training runs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sst
+
+from lib.experiment import dose, runs
+from lib.factory import schedule_of
+from lib.infra.config import ConfigError, get_config
+from lib.infra.paths import Paths
+
+
+@pytest.mark.parametrize("skip,tau", [(9, 0.99), (9, 0.9), (99, 0.99), (3, 0.5)])
+def test_implied_lambda_is_the_closed_form_in_float64(skip, tau):
+    """λ_t = (τ + (1−τ)c_t²)/τ, c_t² = ᾱ_{t−skip}/ᾱ_t − 1, from the betas by hand (λ = 1 for t < skip)."""
+    sch = schedule_of(get_config("cpu"))
+    abar = np.cumprod(1.0 - sch.betas.numpy().astype(np.float64))
+    t = np.arange(sch.T)
+    c2 = abar[np.maximum(t - skip, 0)] / abar - 1.0
+    want = np.where(t < skip, 1.0, (tau + (1.0 - tau) * c2) / tau)
+    got = dose.implied_lambda(sch, skip, tau, torch.arange(sch.T))
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=0)
+
+
+def test_the_strong_settings_scale_lambda_by_ten_or_more():
+    rows = dose.strengths(get_config("cpu"))
+    by = {(r["skip"], r["tau"]): r for r in rows}
+    assert by[9, 0.99]["× profile's"] == pytest.approx(1.0)
+    assert by[9, 0.9]["× profile's"] >= 10 and by[99, 0.99]["× profile's"] >= 10
+    assert by[9, 0.99]["lambda_max − 1"] == pytest.approx(0.0020, abs=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["ci", "cpu"])
+def test_dose_jobs_are_paired_with_the_baseline(profile, tmp_path):
+    """Seed s of a dose run has the baseline's train.seed = s and differs from the s2dm arm of seed s only
+    in loss.skip/loss.tau; the profile's own strength is the s2dm arm (not trained twice)."""
+    cfg = get_config(profile)
+    P = Paths(profile, tmp_path)
+    jobs = runs.dose_jobs(cfg, P)
+    assert jobs, "no dose runs"
+    image = runs.image_jobs(cfg, P)
+    toy = runs.toy_jobs(cfg, P)
+    kinds = set()
+    for (kind, arm, s), job in jobs.items():
+        kinds.add(kind)
+        ref = (image if kind == "images" else toy)["s2dm", s]
+        assert job.arm == "s2dm" and job.cfg.train.seed == s == ref.cfg.train.seed
+        a, b = runs._flat(job.cfg), runs._flat(ref.cfg)
+        differ = {k for k in a if a[k] != b[k]}
+        assert differ and differ <= {"loss.skip", "loss.tau"} and a.keys() == b.keys(), (arm, differ)
+        assert arm == runs.dose_arm(job.cfg.loss.skip, job.cfg.loss.tau) != "s2dm"
+        assert (job.cfg.loss.skip, job.cfg.loss.tau) != (cfg.loss.skip, cfg.loss.tau)
+        assert job.out == (runs.image_run(P, arm, s) if kind == "images" else runs.toy_run(P, arm, s))
+        assert runs.command_line(job) is not None
+    assert kinds == {"images", "toy"}
+    n_toy = sum(1 for k in jobs if k[0] == "toy")
+    assert n_toy == cfg.toy.n_seeds * sum(1 for st in runs.dose_settings(cfg) if st != (cfg.loss.skip, cfg.loss.tau))
+    assert runs.image_run(P, "s2dm-k99-t0.99", 1) == P.run("images/s2dm-k99-t0.99-seed1")
+
+
+def test_dose_config_is_checked():
+    with pytest.raises(ConfigError, match="dose_skip and experiment.dose_tau are zipped"):
+        get_config("cpu", ["experiment.dose_tau=(0.9,)"])
+    with pytest.raises(ConfigError, match="dose_image_settings"):
+        get_config("cpu", ["experiment.dose_image_settings=(5,)"])
+    with pytest.raises(ConfigError, match="skip < T"):
+        get_config("cpu", ["experiment.dose_skip=(9,9,1000)"])
+
+
+def _t(values):
+    v = np.asarray(values, float)
+    h = sst.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return v.mean(), v.mean() - h, v.mean() + h
+
+
+def test_dose_table_on_synthetic_seeds():
+    base, s2, imp = [10.0, 12.0, 11.0], [13.0, 14.5, 14.0], [12.0, 15.0, 13.5]
+    per = [{"model": "image", "metric": "FD_clf", "skip": 99, "tau": 0.99, "sampler": "ddim", "steps": 10, "seed": s,
+            "baseline": b, "s2dm": o, "implied": p} for s, (b, o, p) in enumerate(zip(base, s2, imp))]
+    per += [{**per[0], "sampler": "pndm", "seed": 0}]
+    rows = dose.dose_table(per)
+    assert [(r["sampler"], r["n_seeds"]) for r in rows] == [("ddim", 3), ("pndm", 1)]
+    r = rows[0]
+    for name, vals in (("observed", np.subtract(s2, base)), ("predicted", np.subtract(imp, base)),
+                       ("difference", np.subtract(s2, imp))):
+        m, lo, hi = _t(vals)
+        assert (r[name], r[f"{name}_lo"], r[f"{name}_hi"]) == pytest.approx((m, lo, hi), rel=1e-12)
+    assert set(dose.DOSE_COLUMNS) <= set(r)
+    assert math.isnan(rows[1]["observed_lo"]) and rows[1]["observed"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="seed listed twice"):
+        dose.dose_table(per + [per[0]])
+
+
+def test_control_table_says_when_a_lambda_helps():
+    per = [{"lambda": lam, "sampler": "ddim", "steps": 10, "seed": s, "baseline": 50.0 + s, "scaled": 50.0 + s + d + 0.1 * s}
+           for lam, d in ((0.99, -2.0), (1.02, 5.0)) for s in range(3)]
+    rows = dose.control_table(per)
+    assert [r["helps"] for r in rows] == [True, False]
+    assert rows[0]["diff"] == pytest.approx(-1.9) and rows[1]["n_seeds"] == 3
+
+
+def test_sample_config_gives_each_seed_its_own_noise():
+    cfg = get_config("ci")
+    assert dose.sample_config(cfg, 0).sample.seed == cfg.sample.seed
+    assert len({dose.sample_config(cfg, s).sample.seed for s in range(4)}) == 4
