@@ -106,3 +106,14 @@ def test_sample_config_gives_each_seed_its_own_noise():
     cfg = get_config("ci")
     assert dose.sample_config(cfg, 0).sample.seed == cfg.sample.seed
     assert len({dose.sample_config(cfg, s).sample.seed for s in range(4)}) == 4
+
+
+def test_the_neighbour_cells_keep_three_seeds_at_cpu():
+    """Notebook 06's neighbour cells stay at seeds 0–2 when experiment.n_seeds grows (the cpu budget);
+    the dose–response image runs and the control use at most their own seed counts."""
+    from lib.experiment.related_sweep import Plan
+
+    cfg = get_config("cpu", ["experiment.n_seeds=6"])
+    assert Plan.of(cfg).seeds == (0, 1, 2)
+    assert list(runs.dose_image_seeds(cfg)) == [0, 1, 2]
+    assert Plan.of(get_config("ci")).seeds == (0, 1)

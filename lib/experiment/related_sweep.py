@@ -73,7 +73,7 @@ class Plan:
             over["toy.n_samples"] = x.related_toy_samples
         cfg = with_overrides(cfg, over)
         return cls(cfg, with_overrides(cfg, {"sample.seed": cfg.sample.seed + 1}), tuple(x.related_steps),
-                   x.cdm_finetune, tuple(runs.image_seeds(cfg)))
+                   x.cdm_finetune, tuple(runs.image_seeds(cfg))[:x.related_seeds or None])
 
     @property
     def control(self) -> str:

@@ -441,6 +441,7 @@ class ExperimentConfig:
     n_seeds: int = 1  # image training seeds per arm (the paper trains one)
     workers: int = 0  # parallel single-threaded training processes; 0: os.cpu_count(); 1: in this process
     related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
+    related_seeds: int = 0  # training seeds 0 … related_seeds − 1 in notebook 06's neighbour cells; 0: every seed
     related_n_samples: int = 0  # samples per image cell in 06
     related_toy_samples: int = 0  # samples per toy cell in 06 (its MMD costs ~1 s per cell at 5000)
     cdm_finetune: int = 0  # > 0: the CDM arm (and its control) fine-tune the baseline for this many steps
@@ -471,7 +472,8 @@ _RELATED_CI = dict(related_steps=(5, 10), cdm_finetune=6, cdm_toy_finetune=20, c
                    control_lambdas=(0.99, 1.01), control_seeds=2)
 _RELATED_CPU = dict(related_steps=(10, 20), related_n_samples=250, related_toy_samples=1000, cdm_finetune=100,
                     cdm_toy_finetune=100, cdm_chain_steps=2, rho_top=(1.0, 0.98), rho_bottom=(1.0, 0.95, 0.9, 0.8),
-                    es_b=(1.002, 1.005, 1.01, 1.02), es_k=(-0.02, 0.02))
+                    es_b=(1.002, 1.005, 1.01, 1.02), es_k=(-0.02, 0.02), related_seeds=3,
+                    dose_image_settings=(2,))  # images at skip 99, τ 0.99 only (the budget: README)
 
 
 def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
@@ -480,7 +482,8 @@ def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
         raise ConfigError(f"experiment.n_seeds must be >= 1 and experiment.workers >= 0, got {x.n_seeds}, {x.workers}")
     if not x.related_steps or not all(isinstance(k, int) and 1 <= k <= T for k in x.related_steps):
         raise ConfigError(f"experiment.related_steps must be positive integers <= T={T}, got {x.related_steps}")
-    for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps"):
+    for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps",
+              "related_seeds"):
         if getattr(x, k) < 0:
             raise ConfigError(f"experiment.{k} must be >= 0 (0: the profile's value), got {getattr(x, k)}")
     if x.related_n_samples == 1 or x.related_toy_samples == 1:
