@@ -117,3 +117,11 @@ def test_the_neighbour_cells_keep_three_seeds_at_cpu():
     assert Plan.of(cfg).seeds == (0, 1, 2)
     assert list(runs.dose_image_seeds(cfg)) == [0, 1, 2]
     assert Plan.of(get_config("ci")).seeds == (0, 1)
+
+
+def test_the_answer_counts_the_decided_cells():
+    rows = [{"model": "toy", "metric": "mmd", "skip": 99, "tau": 0.99, "lambda_max": 0.0575, "sampler": m, "steps": 10,
+             "observed": o, "predicted": p, "difference": o - p, "excludes_0": ex, "n_seeds": 5}
+            for m, o, p, ex in (("ddim", 1.0, 0.5, True), ("pndm", 0.2, 0.1, False))]
+    (line,) = dose.answer(rows)
+    assert "excludes 0 in 1 of 2 cells" in line and "ddim-10 (+0.5)" in line and "5 seeds" in line
