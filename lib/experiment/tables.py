@@ -50,7 +50,10 @@ def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float
         imp = {"sampler": method, "arm": "improvement %", "paper claims %": f"+{claim[0]} … +{claim[1]}"}
         for S in steps:
             c = comparisons[method, S]
-            d = stats.seed_interval(100 * np.asarray(c["per_seed_kid_rel" if metric == "KID" else "per_seed_rel"]), level)
+            if metric == "KID":  # t over seeds; no interval from one seed
+                d = stats.seed_interval(100 * np.asarray(c["per_seed_kid_rel"]), level)
+            else:  # lib.measure.stats.seed_difference: t over seeds, or one seed's paired sample bootstrap
+                d = {"mean": 100 * c["rel"], "lo": 100 * c["rel_lo"], "hi": 100 * c["rel_hi"]}
             imp[f"S={S}"] = _fmt(d["mean"], d["lo"], d["hi"], 1, "+") + (f" (n={c['n_seeds']})" if len(counts) > 1 else "")
         table.append(imp)
     return table
