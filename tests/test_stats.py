@@ -185,3 +185,19 @@ def test_seed_average_averages_within_seed_not_counting_cells():
     avg = tables.seed_average(comps, list(comps), "FD_clf")
     assert avg["n_seeds"] == 3 and avg["mean %"] == pytest.approx(100 * np.mean([0.02, 0.02, 0.04]))
     assert avg["p"] == pytest.approx(sps.ttest_1samp([2.0, 2.0, 4.0], 0).pvalue)
+
+
+def test_toy_decisions_from_per_seed_cells():
+    from lib.experiment import tables
+
+    rows = []
+    for s, (b, o) in enumerate([(1.0, 0.9), (2.0, 1.8), (1.5, 1.35), (1.2, 1.08)]):  # S²-DM 10 % better in every seed
+        rows += [{"arm": "baseline", "method": "ddim", "steps": 5, "seed": s, "mmd": b},
+                 {"arm": "s2dm", "method": "ddim", "steps": 5, "seed": s, "mmd": o}]
+        rows += [{"arm": "baseline", "method": "ddim", "steps": 10, "seed": s, "mmd": b},
+                 {"arm": "s2dm", "method": "ddim", "steps": 10, "seed": s, "mmd": b * (1 + 0.001 * (-1) ** s)}]
+    assert tables.toy_per_seed_pct(rows, "mmd")["ddim", 5] == pytest.approx([10.0] * 4)
+    dec = {r["steps"]: r["verdict"] for r in tables.toy_decisions(rows, "mmd")}
+    assert dec == {5: "better", 10: "equivalent"}
+    c, = tables.verdict_counts(tables.toy_decisions(rows, "mmd"))
+    assert (c["better"], c["equivalent"], c["worse"], c["undecided"], c["n_cells"]) == (1, 1, 0, 0, 2)

@@ -144,3 +144,38 @@ def ddim_reference(table1: dict, cells: list[dict], metric: str, dataset: str, g
                 ours[f"S={S}"] = round(float(np.mean(v)), 2)
         rows.append(ours)
     return rows
+
+
+def toy_per_seed_pct(rows: list[dict], metric: str) -> dict:
+    """{(method, steps): per-seed % differences 100·(baseline − s2dm)/baseline} from 04's toy cells."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["method"], int(r["steps"])), {}).setdefault(r["arm"], {})[int(r["seed"])] = float(r[metric])
+    out = {}
+    for key, arms in by.items():
+        b, o = arms.get("baseline", {}), arms.get("s2dm", {})
+        out[key] = [100 * (b[s] - o[s]) / b[s] for s in sorted(set(b) & set(o))]
+    return out
+
+
+def toy_decisions(rows: list[dict], metric: str, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
+                  level: float = 0.95) -> list[dict]:
+    """The toy's cells decided as the image cells are (lib.measure.stats.decide_cells: Holm over the
+    table's cells, TOST against ±margin, MDE), on per-seed % differences of an exact metric."""
+    dec = stats.decide_cells(toy_per_seed_pct(rows, metric), margin, alpha, level)
+    return [{"metric": metric, "sampler": m, "steps": S, "n_seeds": d["n"], "improvement %": d["mean"],
+             "lo": d["lo"], "hi": d["hi"], "p (Holm)": d["p_holm"], f"TOST {1 - 2 * alpha:.0%} lo": d["tost_lo"],
+             f"TOST {1 - 2 * alpha:.0%} hi": d["tost_hi"], "TOST p (Holm)": d["tost_p_holm"], "mde %": d["mde"],
+             "verdict": d["verdict"]} for (m, S), d in dec.items()]
+
+
+def verdict_counts(decided: list[dict], margin: float = stats.MARGIN_PCT) -> list[dict]:
+    """Better / worse / equivalent / undecided per metric of a list of decided cells."""
+    out = []
+    for metric in dict.fromkeys(r["metric"] for r in decided):
+        v = [r["verdict"] for r in decided if r["metric"] == metric]
+        out.append({"metric": metric, "n_cells": len(v), "n_seeds": min(r["n_seeds"] for r in decided if r["metric"] == metric),
+                    "better": v.count("better"), "worse": v.count("worse"), "equivalent": v.count("equivalent"),
+                    "undecided": v.count("undecided"), "margin_pct": margin,
+                    "correction": f"Holm over the {len(v)} cells (α 0.05; differences and TOST separately)"})
+    return out
