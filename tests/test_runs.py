@@ -109,7 +109,9 @@ def test_seed_cells_put_the_full_sweep_on_the_first_seeds():
     methods, steps = ("ddim", "pndm"), (5, 10)
     assert sweep.seed_cells(cfg, methods, steps, 1) == [("ddim", 5), ("ddim", 10), ("pndm", 5), ("pndm", 10)]
     assert sweep.seed_cells(cfg, methods, steps, 3) == [("ddim", 10)]
+    assert list(sweep.full_sweep_seeds(cfg)) == [0, 1]
     every = with_overrides(cfg, {"experiment.sweep_seeds": 0})
+    assert list(sweep.full_sweep_seeds(every)) == [0, 1, 2, 3]
     assert len(sweep.seed_cells(every, methods, steps, 3)) == 4
     with pytest.raises(ValueError, match="headline_steps"):
         sweep.headline_cells(with_overrides(cfg, {"experiment.headline_steps": (7,)}), methods, steps)

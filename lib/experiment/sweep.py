@@ -68,6 +68,11 @@ def headline_cells(cfg: Config, methods, steps) -> list[tuple[str, int]]:
     return [(methods[0], S) for S in hs]
 
 
+def full_sweep_seeds(cfg: Config) -> range:
+    """The training seeds that run every cell: 0 … ``experiment.sweep_seeds`` − 1 (0: every seed)."""
+    return range(cfg.experiment.sweep_seeds or cfg.experiment.n_seeds)
+
+
 def seed_cells(cfg: Config, methods, steps, seed: int) -> list[tuple[str, int]]:
     """The (method, steps) cells of training seed ``seed``: the full sweep for seeds below
     ``experiment.sweep_seeds`` (0: every seed), else only :func:`headline_cells` — the budget puts the
