@@ -1,4 +1,4 @@
-"""The Fréchet distance and its bootstrap intervals (FD_clf on classifier features, or FID).
+"""The Fréchet distance and KID with their bootstrap intervals (FD_clf and KID on classifier features, or FID).
 
 FD_clf is the Fréchet distance d² = ‖μ₁ − μ₂‖² + Tr(C₁ + C₂ − 2(C₁C₂)^{1/2}) (the FID formula) between
 Gaussians fitted to the penultimate features of the small classifier of :mod:`lib.measure.classifier`. It is
@@ -10,7 +10,9 @@ with replacement and keeps the reference statistics fixed: the question is how m
 with another draw of generated samples from the same model, against the same reference set (the
 variation over *training seeds* is :mod:`lib.measure.stats`'s). FD is biased upwards at finite n (a resample
 holds ≈63% distinct points), so the bootstrap distribution sits slightly above the point estimate;
-the intervals are bias-corrected percentile intervals.
+the intervals are bias-corrected percentile intervals. KID (:class:`KIDToReference`, :func:`kid_bootstrap`)
+is unbiased at every n; its interval is a plain percentile bootstrap over the generated samples.
+Both cover the samples of one model, not another training run.
 """
 from __future__ import annotations
 
