@@ -196,3 +196,52 @@ def test_small_sample_fd_interval_is_centred_on_the_estimate():
     b = fd_bootstrap(gen, ref, n_boot=100, seed=0)
     assert b["bias"] > 0 and b["lo"] <= b["value"] <= b["hi"]
     assert b["hi"] - b["lo"] < 4 * 1.96 * b["std"]
+
+
+# ---------------------------------------------------------------------------- KID
+def _kid_direct(x, y):
+    """The unbiased MMD² with k(x, y) = (x·y/d + 1)³ by explicit double loops (float64)."""
+    d, n, m = x.shape[1], len(x), len(y)
+    k = lambda a, b: (float(a @ b) / d + 1.0) ** 3  # noqa: E731
+    sxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    syy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    sxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return sxx + syy - 2 * sxy
+
+
+def test_kid_matches_the_direct_formula_and_clean_fid():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 5)), rng.standard_normal((55, 5)) * 1.3 + 0.4
+    assert metrics.kid(x, y) == pytest.approx(_kid_direct(x, y), rel=1e-10)
+    # clean-fid subsamples min(n, m) points per subset; with equal sizes every subset is the whole set
+    x2 = rng.standard_normal((60, 8))
+    y2 = rng.standard_normal((60, 8)) + 0.3
+    assert metrics.kid(x2, y2) == pytest.approx(kernel_distance(y2, x2, num_subsets=3), rel=1e-9)
+    with pytest.raises(ValueError, match="features"):
+        metrics.KIDToReference((np.zeros(3), np.eye(3)))
+
+
+def test_kid_is_unbiased_where_fd_is_not():
+    rng = np.random.default_rng(1)
+    kids, fds = [], []
+    for _ in range(300):
+        x, y = rng.standard_normal((50, 4)), rng.standard_normal((80, 4))
+        kids.append(metrics.kid(x, y))
+        fds.append(metrics.fd_from_features(x, y))
+    kids = np.array(kids)
+    assert abs(kids.mean()) < 3 * kids.std(ddof=1) / np.sqrt(len(kids))  # mean 0 within its standard error
+    assert np.mean(fds) > 10 * kids.std(ddof=1) / np.sqrt(len(kids))  # FD of equal distributions: biased > 0
+    assert (kids < 0).any()  # unbiased: it can go below 0
+
+
+def test_kid_bootstrap_is_centred_and_detects_a_shift():
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((400, 6))
+    same = metrics.kid_bootstrap(rng.standard_normal((200, 6)), y, n_boot=1000)
+    assert same["lo"] <= same["value"] <= same["hi"] and same["lo"] < 0 < same["hi"]
+    shifted = metrics.kid_bootstrap(rng.standard_normal((200, 6)) + 0.5, y, n_boot=1000)
+    assert shifted["lo"] > 0
+    x = rng.standard_normal((30, 6))
+    assert metrics.kid_bootstrap(x, y, n_boot=10)["value"] == pytest.approx(metrics.kid(x, y), rel=1e-12)

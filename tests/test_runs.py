@@ -67,3 +67,51 @@ def test_a_failed_run_is_reported_with_its_directory_and_the_others_finish(tmp_p
 def test_two_jobs_on_one_directory_are_refused(tmp_path):
     with pytest.raises(ValueError, match="share a run directory"):
         runs.train_parallel({1: _toy_job(tmp_path, 0, name="d"), 2: _toy_job(tmp_path, 1, name="d")}, progress=False)
+
+
+# ---------------------------------------------------------------------------- initial noise and the seed design
+class _FakeEvaluator:
+    """Just enough of lib.experiment.evaluate.ImageEvaluator to run image_cell without a classifier."""
+
+    def __init__(self, paths):
+        self.paths, self.device, self.name = paths, "cpu", "FD_clf"
+
+    def features(self, x):
+        return x.reshape(len(x), -1).numpy()
+
+    def score(self, f):
+        return dict(value=1.0, lo=0.0, hi=2.0, n=len(f), kid=0.0, kid_lo=0.0, kid_hi=0.0)
+
+
+def test_training_seeds_draw_independent_x_T_shared_by_both_arms(tmp_path):
+    import torch
+
+    from lib.experiment import evaluate
+
+    cfg = with_overrides(get_config("ci"), {"sample.n_samples": 8, "sample.batch_size": 8})
+    ev = _FakeEvaluator(Paths("ci", tmp_path))
+    eps = lambda x, t: torch.zeros_like(x)  # noqa: E731  (the samples are then a function of x_T alone)
+    rows = {(arm, s): evaluate.image_cell(ev, eps, cfg, arm, "ddim", 5, seed=s, progress=False)
+            for arm in ("baseline", "s2dm") for s in (0, 1)}
+    x = {k: torch.load(evaluate.samples_path(ev.paths, cfg, k[0], "ddim", 5, k[1])) for k in rows}
+    assert torch.equal(x["baseline", 0], x["s2dm", 0]) and torch.equal(x["baseline", 1], x["s2dm", 1])
+    assert not torch.equal(x["baseline", 0], x["baseline", 1])
+    assert rows["baseline", 0]["sample_seed"] == cfg.sample.seed == evaluate.sample_seed(cfg, 0)
+    assert rows["s2dm", 1]["sample_seed"] == evaluate.sample_seed(cfg, 1) != cfg.sample.seed
+    assert {"KID", "KID_lo", "KID_hi"} <= set(rows["baseline", 0])
+
+
+def test_seed_cells_put_the_full_sweep_on_the_first_seeds():
+    from lib.experiment import sweep
+
+    cfg = with_overrides(get_config("ci"), {"experiment.n_seeds": 4, "experiment.sweep_seeds": 2,
+                                            "experiment.headline_steps": (10,)})
+    methods, steps = ("ddim", "pndm"), (5, 10)
+    assert sweep.seed_cells(cfg, methods, steps, 1) == [("ddim", 5), ("ddim", 10), ("pndm", 5), ("pndm", 10)]
+    assert sweep.seed_cells(cfg, methods, steps, 3) == [("ddim", 10)]
+    assert list(sweep.full_sweep_seeds(cfg)) == [0, 1]
+    every = with_overrides(cfg, {"experiment.sweep_seeds": 0})
+    assert list(sweep.full_sweep_seeds(every)) == [0, 1, 2, 3]
+    assert len(sweep.seed_cells(every, methods, steps, 3)) == 4
+    with pytest.raises(ValueError, match="headline_steps"):
+        sweep.headline_cells(with_overrides(cfg, {"experiment.headline_steps": (7,)}), methods, steps)

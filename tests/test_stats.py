@@ -99,3 +99,105 @@ def test_report_figure_writes_png_and_pdf(tmp_path):
     ax.plot([0, 1])
     paths = report.save_figure(fig, tmp_path / "f", "x")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+# ---------------------------------------------------------------------------- decisions: t, TOST, Holm, power
+def test_paired_t_p_matches_scipy():
+    d = [1.2, -0.3, 2.1, 0.8, 1.5]
+    t = stats.paired_t(d)
+    assert t["p"] == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue)
+    assert t["lo"] < t["mean"] < t["hi"] and t["n"] == 5
+
+
+def test_tost_is_the_90_percent_interval_inside_the_margin():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        d = rng.normal(rng.uniform(-3, 3), rng.uniform(0.2, 3), size=rng.integers(2, 9))
+        e = stats.tost(d, margin=3.27, alpha=0.05)
+        ci = stats.seed_interval(d, 0.90)
+        inside = -3.27 < ci["lo"] and ci["hi"] < 3.27
+        assert e["equivalent"] == inside and e["lo"] == pytest.approx(ci["lo"])
+    # a hand case: mean 0, sd 1, n 4: se 0.5; p = P(T3 > 3.27/0.5) one-sided
+    e = stats.tost([-1.0, 1.0, -1.0, 1.0][:4] * 1, margin=3.27)
+    se = np.std([-1, 1, -1, 1], ddof=1) / 2
+    assert e["p"] == pytest.approx(sps.t.sf(3.27 / se, 3)) and e["equivalent"]
+    assert not stats.tost([0.0, 5.0, 10.0], margin=3.27)["equivalent"]
+    with pytest.raises(ValueError, match="margin"):
+        stats.tost([1.0, 2.0], margin=0)
+
+
+def test_holm_known_values_and_order():
+    adj = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adj == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adj = stats.holm([0.5, float("nan"), 0.01])
+    assert adj[0] == pytest.approx(0.5) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.02)
+    assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # monotone, capped at 1
+
+
+def test_power_of_the_paired_t_matches_known_values_and_simulation():
+    # G*Power / Cohen: one-sample (paired) t, d = 1, n = 10, two-sided α .05: power 0.8031; d = 0.5 needs n = 34.
+    assert stats.power_paired_t(1.0, 1.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert stats.n_for_power(lambda n: stats.power_paired_t(0.5, 1.0, n)) == 34
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.27, 1.7, size=(20000, 3))
+    sim = np.mean(np.abs(x.mean(1) / (x.std(1, ddof=1) / np.sqrt(3))) > sps.t.ppf(0.975, 2))
+    assert stats.power_paired_t(3.27, 1.7, 3) == pytest.approx(sim, abs=0.015)
+    assert stats.power_paired_t(0.0, 1.0, 5) == pytest.approx(0.05)
+
+
+def test_mde_inverts_the_power():
+    for sd, n in ((1.7, 3), (1.7, 6), (0.5, 12)):
+        mde = stats.mde_paired_t(sd, n)
+        assert stats.power_paired_t(mde, sd, n) == pytest.approx(0.8, abs=1e-6)
+    assert stats.mde_paired_t(1.7, 6) < stats.mde_paired_t(1.7, 3)
+
+
+def test_tost_power_approximation_against_simulation():
+    rng = np.random.default_rng(2)
+    for sd, n in ((1.7, 6), (1.7, 8), (1.0, 4)):
+        x = rng.normal(0.0, sd, size=(20000, n))
+        m, se = x.mean(1), x.std(1, ddof=1) / np.sqrt(n)
+        t = sps.t.ppf(0.95, n - 1)
+        sim = np.mean((m - t * se > -3.27) & (m + t * se < 3.27))
+        approx = stats.tost_power(3.27, sd, n)
+        assert approx <= sim + 0.01 and approx == pytest.approx(sim, abs=0.03)
+
+
+def test_decide_cells_verdicts_and_holm_family():
+    per = {"better": [5.0, 5.5, 6.0, 5.2, 5.8, 6.1], "worse": [-5.0, -5.5, -6.0, -5.2, -5.8, -6.1],
+           "equivalent": [0.1, -0.2, 0.3, 0.0, -0.1, 0.2], "undecided": [4.0, -3.0, 6.0, -2.0, 5.0, -4.0]}
+    dec = stats.decide_cells(per, margin=3.27)
+    assert {k: d["verdict"] for k, d in dec.items()} == {k: k for k in per}
+    raw = [dec[k]["p"] for k in per]
+    assert [dec[k]["p_holm"] for k in per] == pytest.approx(stats.holm(raw))
+    assert all(d["mde"] > 0 for d in dec.values())
+    sd, df = stats.pooled_sd({"a": [1.0, 3.0], "b": [0.0, 0.0, 3.0]})
+    assert df == 3 and sd == pytest.approx(math.sqrt((2.0 + 6.0) / 3))
+
+
+def test_seed_average_averages_within_seed_not_counting_cells():
+    from lib.experiment import tables
+
+    # Two cells, three seeds: every cell's seeds agree in sign with the other cell, but averaged per
+    # seed the spread is what it is: one t-interval over 3 seeds, not 6 "same-sign" results.
+    comps = {("ddim", 50): {"seeds": [0, 1, 2], "per_seed_rel": [0.01, 0.02, 0.03]},
+             ("ddim", 100): {"seeds": [0, 1, 2], "per_seed_rel": [0.03, 0.02, 0.05]}}
+    avg = tables.seed_average(comps, list(comps), "FD_clf")
+    assert avg["n_seeds"] == 3 and avg["mean %"] == pytest.approx(100 * np.mean([0.02, 0.02, 0.04]))
+    assert avg["p"] == pytest.approx(sps.ttest_1samp([2.0, 2.0, 4.0], 0).pvalue)
+
+
+def test_toy_decisions_from_per_seed_cells():
+    from lib.experiment import tables
+
+    rows = []
+    for s, (b, o) in enumerate([(1.0, 0.9), (2.0, 1.8), (1.5, 1.35), (1.2, 1.08)]):  # S²-DM 10 % better in every seed
+        rows += [{"arm": "baseline", "method": "ddim", "steps": 5, "seed": s, "mmd": b},
+                 {"arm": "s2dm", "method": "ddim", "steps": 5, "seed": s, "mmd": o}]
+        rows += [{"arm": "baseline", "method": "ddim", "steps": 10, "seed": s, "mmd": b},
+                 {"arm": "s2dm", "method": "ddim", "steps": 10, "seed": s, "mmd": b * (1 + 0.001 * (-1) ** s)}]
+    assert tables.toy_per_seed_pct(rows, "mmd")["ddim", 5] == pytest.approx([10.0] * 4)
+    dec = {r["steps"]: r["verdict"] for r in tables.toy_decisions(rows, "mmd")}
+    assert dec == {5: "better", 10: "equivalent"}
+    c, = tables.verdict_counts(tables.toy_decisions(rows, "mmd"))
+    assert (c["better"], c["equivalent"], c["worse"], c["undecided"], c["n_cells"]) == (1, 1, 0, 0, 2)

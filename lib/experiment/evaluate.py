@@ -1,8 +1,14 @@
 """Image cells: generate one (arm, sampler, steps, training seed) sample set, store it, measure it.
 
 The metric is the offline classifier Fréchet distance (``FD_clf``, never called FID; lib.measure.classifier
-and lib.measure.metrics) with a bootstrap interval over the generated samples, or Inception FID (clean-fid)
-at profiles gpu/paper. The samples (uint8) and their features are saved under
+and lib.measure.metrics) with a bias-corrected percentile bootstrap interval over the generated samples,
+and beside it KID (unbiased MMD², cubic kernel) on the same features with a percentile bootstrap over
+the samples; or Inception FID (clean-fid) at profiles gpu/paper (KID is then nan: only the reference
+statistics are stored). Both intervals cover the samples of one training seed, its networks fixed.
+
+Initial noise: every cell of training seed s (both arms, every sampler and method, notebooks 04, 06,
+08) starts from the x_T of :func:`sample_seed` (cfg, s) — shared within a seed (paired samples),
+independent between seeds, so an interval over seeds covers each seed's sampling noise. The samples (uint8) and their features are saved under
 ``data/runs/<profile>/{samples,features}/`` so that later notebooks form paired comparisons from files.
 """
 from __future__ import annotations
@@ -40,6 +46,7 @@ class ImageEvaluator:
             self.fid = fid
             self.ref = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", cfg.eval.fid_mode)
         self.name = "FD_clf" if self.metric == "classifier" else "FID"
+        self.kid_ref = metrics.KIDToReference(self.ref) if self.metric == "classifier" else None
 
     def features(self, x_model_range: torch.Tensor) -> np.ndarray:
         if self.metric == "classifier":
@@ -48,12 +55,29 @@ class ImageEvaluator:
                                            device=self.device)
 
     def score(self, feats: np.ndarray, seed: int = 0) -> dict:
-        return metrics.fd_bootstrap(feats, self.ref, n_boot=self.cfg.eval.n_boot, level=self.cfg.eval.ci_level,
-                                    seed=seed)
+        """FD (bias-corrected percentile bootstrap over samples) and, on classifier features, KID with
+        its percentile bootstrap over samples (``kid``, ``kid_lo``, ``kid_hi``; nan for Inception)."""
+        e = self.cfg.eval
+        s = metrics.fd_bootstrap(feats, self.ref, n_boot=e.n_boot, level=e.ci_level, seed=seed)
+        if self.kid_ref is None:
+            return {**s, "kid": float("nan"), "kid_lo": float("nan"), "kid_hi": float("nan")}
+        k = metrics.kid_bootstrap(feats, None, n_boot=e.n_boot, level=e.ci_level, seed=seed, kid_ref=self.kid_ref)
+        return {**s, "kid": k["value"], "kid_lo": k["lo"], "kid_hi": k["hi"]}
 
 
 def metric_name(cfg: Config) -> str:
     return "FD_clf" if cfg.eval.metric == "classifier" else "FID"
+
+
+#: Training seeds are this far apart in sample seed (a sample set of 06's set B uses sample.seed + 1).
+SAMPLE_SEED_STRIDE = 1000
+
+
+def sample_seed(cfg: Config, seed: int) -> int:
+    """The seed of the initial noise x_T of every cell of training seed ``seed``:
+    ``sample.seed + 1000·seed`` (training seed 0 keeps ``sample.seed``). Both arms and every method
+    of one training seed share it (paired samples); different training seeds draw independent x_T."""
+    return cfg.sample.seed + SAMPLE_SEED_STRIDE * int(seed)
 
 
 def _cell_name(cfg: Config, arm: str, method: str, steps: int, seed: int) -> str:
@@ -61,7 +85,7 @@ def _cell_name(cfg: Config, arm: str, method: str, steps: int, seed: int) -> str
     # (arm, sampler, steps) on other sample sets (06: fewer samples, sets A/B) never overwrite 04's;
     # training seed 0 keeps the name it had when there was one seed.
     run = arm if seed == 0 else f"{arm}-seed{seed}"
-    return f"{run}__{method}__S{steps}__n{cfg.sample.n_samples}__seed{cfg.sample.seed}"
+    return f"{run}__{method}__S{steps}__n{cfg.sample.n_samples}__seed{sample_seed(cfg, seed)}"
 
 
 def features_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int, seed: int = 0) -> Path:
@@ -79,8 +103,9 @@ def load_features(paths: Paths, cfg: Config, arm: str, method: str, steps: int, 
 
 def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str, steps: int, *, seed: int = 0,
                grid=None, progress=True, label: str | None = None, **options) -> dict:
-    """Generate ``sample.n_samples`` images for one cell of training seed ``seed``, save samples and
-    features, score them.
+    """Generate ``sample.n_samples`` images for one cell of training seed ``seed`` from the x_T of
+    :func:`sample_seed` (cfg, seed), save samples and features, score them (FD and KID, each with its
+    bootstrap interval over the samples).
 
     ``label`` names the cell in files and tables (default: the method name), so a sampler with
     options (or a wrapped model) gets a name of its own."""
@@ -90,7 +115,7 @@ def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str
     info = {}
     x = generate.generate(eps_model, schedule, (m.in_channels, m.resolution, m.resolution), cfg.sample.n_samples,
                           method=method, num_steps=steps, grid=samplers.grid_for(method, grid or cfg.sample.grid),
-                          batch_size=cfg.sample.batch_size, seed=cfg.sample.seed, device=ev.device,
+                          batch_size=cfg.sample.batch_size, seed=sample_seed(cfg, seed), device=ev.device,
                           progress=progress, info=info, **options)
     generate.save_samples(x, samples_path(ev.paths, cfg, arm, label, steps, seed))
     # Score the images as they would be stored (uint8), as FID tools do.
@@ -100,8 +125,9 @@ def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str
     p.parent.mkdir(parents=True, exist_ok=True)
     np.save(p, f)
     s = ev.score(f)
-    return {"arm": arm, "seed": seed, "method": label, "steps": steps, "nfe": info["nfe"], ev.name: s["value"],
-            "lo": s["lo"], "hi": s["hi"], "n": s["n"]}
+    return {"arm": arm, "seed": seed, "sample_seed": sample_seed(cfg, seed), "method": label, "steps": steps,
+            "nfe": info["nfe"], ev.name: s["value"], "lo": s["lo"], "hi": s["hi"], "KID": s["kid"],
+            "KID_lo": s["kid_lo"], "KID_hi": s["kid_hi"], "n": s["n"]}
 
 
 def save_reference(ev: ImageEvaluator) -> Path:

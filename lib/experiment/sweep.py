@@ -2,9 +2,12 @@
 
 * Toy cells: per toy seed, exact measures against the known mixture (lib.measure.toymetrics); a cell's
   uncertainty is the spread over seeds (lib.measure.stats).
-* Image cells: per image training seed, FD_clf or FID with a sample bootstrap (lib.experiment.evaluate); every
-  cell of every arm starts from the same x_T (paired samples), and the arms of one seed share
-  initial weights, data order and noise streams (lib.experiment.runs), so arm differences are paired twice.
+* Image cells: per image training seed, FD_clf and KID (or FID) with a sample bootstrap (lib.experiment.evaluate);
+  every cell of every arm of training seed s starts from the same x_T (paired samples; independent
+  between seeds: lib.experiment.evaluate.sample_seed), and the arms of one seed share initial weights,
+  data order and noise streams (lib.experiment.runs), so arm differences are paired twice.
+  Seeds below ``experiment.sweep_seeds`` run every sampler × step cell, the others only the headline
+  cells (:func:`seed_cells`).
 """
 from __future__ import annotations
 
@@ -54,6 +57,31 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
     return rows
 
 
+def headline_cells(cfg: Config, methods, steps) -> list[tuple[str, int]]:
+    """The cells every training seed runs: the first sampler at ``experiment.headline_steps`` (default:
+    the two smallest step counts)."""
+    hs = cfg.experiment.headline_steps or tuple(sorted(steps)[:2])
+    missing = [S for S in hs if S not in steps]
+    if missing:
+        raise ValueError(f"experiment.headline_steps {missing} are not among the sweep's steps {tuple(steps)}: "
+                         "set experiment.headline_steps to a subset of sample.steps")
+    return [(methods[0], S) for S in hs]
+
+
+def full_sweep_seeds(cfg: Config) -> range:
+    """The training seeds that run every cell: 0 … ``experiment.sweep_seeds`` − 1 (0: every seed)."""
+    return range(cfg.experiment.sweep_seeds or cfg.experiment.n_seeds)
+
+
+def seed_cells(cfg: Config, methods, steps, seed: int) -> list[tuple[str, int]]:
+    """The (method, steps) cells of training seed ``seed``: the full sweep for seeds below
+    ``experiment.sweep_seeds`` (0: every seed), else only :func:`headline_cells` — the budget puts the
+    seeds where the power computation needs them (bench/seed_budget.py)."""
+    full = [(m, S) for m in methods for S in steps]
+    k = cfg.experiment.sweep_seeds
+    return full if k == 0 or seed < k else [c for c in full if c in headline_cells(cfg, methods, steps)]
+
+
 def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=ARMS, seeds=None, grid=None,
                 progress=True) -> list[dict]:
     """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.experiment.evaluate.image_cell),
@@ -78,8 +106,8 @@ def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, a
                                        "grid": grid, "out": str(Path(tmp) / f"{a}-{s}.rows.json")}))
             commands[s, a] = [sys.executable, "-m", "lib.experiment.sweep", str(job)]
         if progress:
-            print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells, {workers} processes at a time",
-                  flush=True)
+            print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells (headline cells only from seed "
+                  f"{cfg.experiment.sweep_seeds or len(seeds)} on), {workers} processes at a time", flush=True)
         failures = processes.run_parallel(commands, workers, progress, lambda k: f"image cells of {k[1]}, seed {k[0]}")
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(groups)} groups of image cells failed (the finished cells' "
@@ -90,7 +118,7 @@ def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, a
 def _group_cells(ev, cfg, paths, arm, seed, methods, steps, grid, progress):
     model, _ = generate.load_model(image_run(paths, arm, seed), ev.device)
     return [image_cell(ev, model, cfg, arm, method, S, seed=seed, grid=grid, progress=progress)
-            for method in methods for S in steps]
+            for method, S in seed_cells(cfg, methods, steps, seed)]
 
 
 def _worker(job_file: str) -> int:

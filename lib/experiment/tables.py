@@ -1,5 +1,11 @@
 """The comparison tables of notebook 05: the paper's layout (sampler × arm rows, step-count columns)
-with intervals, the count of decided cells, and the spread of each arm's FD over training seeds."""
+with intervals, the per-cell decisions (paired t over seeds, Holm, TOST, MDE), their counts, and the
+spread of each arm's FD over training seeds.
+
+Every interval over seeds here is a paired t-interval of per-seed differences; the seeds draw
+independent x_T (lib.experiment.evaluate.sample_seed), so it covers seed-to-seed variation and each
+seed's sampling noise. KID (unbiased) is the headline metric; FD_clf at a few hundred samples is
+mostly small-sample bias (its % differences are diluted by it), and is shown beside it."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,19 +19,26 @@ def _fmt(v, lo, hi, digits=3, sign=""):
 
 def arm_cell(cells: list[dict], metric: str, level: float) -> str:
     """One arm's cell over its training seeds: mean with a t-interval over seeds, or (one seed) the
-    value with its sample-bootstrap interval."""
+    value with its sample-bootstrap interval; KID with 4 significant digits."""
+    lo, hi = ("KID_lo", "KID_hi") if metric == "KID" else ("lo", "hi")
+    digits = 4 if metric == "KID" else 3
+    if not cells:
+        return "—"
     if len(cells) == 1:
         r = cells[0]
-        return _fmt(r[metric], r["lo"], r["hi"])
+        return _fmt(r[metric], r[lo], r[hi], digits)
     ci = stats.seed_interval([r[metric] for r in cells], level)
-    return _fmt(ci["mean"], ci["lo"], ci["hi"])
+    return _fmt(ci["mean"], ci["lo"], ci["hi"], digits)
 
 
 def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float, arms, claim) -> list[dict]:
-    """Rows sampler × {arms, improvement %, FD difference}, columns S=…, from 04's cells (with a
-    ``seed`` column) and {(method, S): lib.experiment.compare result}."""
+    """Rows sampler × {arms, improvement %} for ``metric`` (FD_clf/FID or KID), columns S=…, from 04's
+    cells (with a ``seed`` column) and {(method, S): lib.experiment.compare result}; each cell's
+    number of seeds in brackets where the table mixes counts. (The old "difference (sample bootstrap)"
+    row is gone: it covered the samples only, not another training run.)"""
     methods = list(dict.fromkeys(r["method"] for r in cells))
     steps = sorted({int(r["steps"]) for r in cells})
+    counts = {c["n_seeds"] for c in comparisons.values()}
     table = []
     for method in methods:
         for arm in arms:
@@ -35,29 +48,72 @@ def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float
                                           and int(c["steps"]) == S], metric, level)
             table.append(row)
         imp = {"sampler": method, "arm": "improvement %", "paper claims %": f"+{claim[0]} … +{claim[1]}"}
-        dif = {"sampler": method, "arm": "difference (sample bootstrap)"}
         for S in steps:
             c = comparisons[method, S]
-            imp[f"S={S}"] = _fmt(100 * c["rel"], 100 * c["rel_lo"], 100 * c["rel_hi"], 1, "+")
-            dif[f"S={S}"] = _fmt(c["diff"], c["boot_lo"], c["boot_hi"], 3, "+")
-        table += [imp, dif]
+            if metric == "KID":  # t over seeds; no interval from one seed
+                d = stats.seed_interval(100 * np.asarray(c["per_seed_kid_rel"]), level)
+            else:  # lib.measure.stats.seed_difference: t over seeds, or one seed's paired sample bootstrap
+                d = {"mean": 100 * c["rel"], "lo": 100 * c["rel_lo"], "hi": 100 * c["rel_hi"]}
+            imp[f"S={S}"] = _fmt(d["mean"], d["lo"], d["hi"], 1, "+") + (f" (n={c['n_seeds']})" if len(counts) > 1 else "")
+        table.append(imp)
     return table
 
 
-def summary(comparisons: dict, claim) -> dict:
-    """How many cells S²-DM wins or loses, decided by the seed-level interval (lib.measure.stats.seed_difference)."""
-    cs = list(comparisons.values())
-    n = len(cs)
-    better = sum(c["excludes_zero"] and c["diff"] > 0 for c in cs)
-    worse = sum(c["excludes_zero"] and c["diff"] < 0 for c in cs)
-    return {"cells": n, "n_seeds": min(c["n_seeds"] for c in cs),
-            "S2-DM better (interval excludes 0)": better, "S2-DM worse (interval excludes 0)": worse,
-            "undecided": n - better - worse,
-            "point estimate inside the paper's range": sum(claim[0] <= 100 * c["rel"] <= claim[1] for c in cs),
-            "median improvement %": float(np.median([100 * c["rel"] for c in cs])),
-            "seeds agreeing in sign (median share)": float(np.median([
-                max(np.mean(np.array(c["per_seed"]) > 0), np.mean(np.array(c["per_seed"]) < 0)) for c in cs])),
-            "decided by": cs[0]["decided_by"]}
+def per_seed_pct(comparisons: dict, metric: str) -> dict:
+    """{cell: per-seed % differences (baseline − S²-DM)/baseline} for metric "KID" or the FD."""
+    key = "per_seed_kid_rel" if metric == "KID" else "per_seed_rel"
+    return {k: [100 * v for v in c[key]] for k, c in comparisons.items()}
+
+
+def decisions(comparisons: dict, metric: str, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
+              level: float = 0.95) -> list[dict]:
+    """One row per cell: improvement % with its paired t-interval over seeds, p and Holm-adjusted p
+    over the table's cells, the TOST (90 % interval at α 0.05) against ±margin with its Holm-adjusted p,
+    the MDE at 80 % power from the cell's seed SD, and the verdict (lib.measure.stats.decide_cells)."""
+    dec = stats.decide_cells(per_seed_pct(comparisons, metric), margin, alpha, level)
+    return [{"metric": metric, "sampler": m, "steps": S, "n_seeds": d["n"],
+             "improvement %": d["mean"], "lo": d["lo"], "hi": d["hi"], "seed sd %": d["sd"],
+             "p": d["p"], "p (Holm)": d["p_holm"], f"TOST {1 - 2 * alpha:.0%} lo": d["tost_lo"],
+             f"TOST {1 - 2 * alpha:.0%} hi": d["tost_hi"], "TOST p (Holm)": d["tost_p_holm"],
+             "mde %": d["mde"], "verdict": d["verdict"]} for (m, S), d in dec.items()]
+
+
+def summary(comparisons: dict, claim, metrics=("KID", "FD_clf"), margin: float = stats.MARGIN_PCT,
+            alpha: float = 0.05, level: float = 0.95, power: float = 0.8) -> list[dict]:
+    """Counts of better / worse / equivalent / undecided cells per metric and group of equal seed
+    count (Holm's correction over all of the table's cells of that metric), with the equivalence margin,
+    the MDE at ``power`` for that seed count from the pooled seed SD of the metric's per-seed %
+    differences, and the correction's name. The first metric is the headline."""
+    out = []
+    for i, metric in enumerate(metrics):
+        pct = per_seed_pct(comparisons, metric)
+        dec = stats.decide_cells(pct, margin, alpha, level)
+        sd, df = stats.pooled_sd(pct)
+        for n in sorted({d["n"] for d in dec.values()}, reverse=True):
+            group = {k: d for k, d in dec.items() if d["n"] == n}
+            v = [d["verdict"] for d in group.values()]
+            out.append({"metric": metric, "headline metric": i == 0,
+                        "cells": ", ".join(f"{m} {S}" for m, S in group) if len(group) <= 4 else f"{len(group)} cells",
+                        "n_cells": len(group), "n_seeds": n, "better": v.count("better"), "worse": v.count("worse"),
+                        "equivalent": v.count("equivalent"), "undecided": v.count("undecided"),
+                        "margin_pct": margin, "pooled seed sd %": sd,
+                        "mde_pct": stats.mde_paired_t(sd, n, power, alpha) if n > 1 and sd > 0 else float("nan"),
+                        "median improvement %": float(np.median([d["mean"] for d in group.values()])),
+                        "point estimate inside the paper's range": sum(claim[0] <= d["mean"] <= claim[1]
+                                                                       for d in group.values()),
+                        "correction": f"Holm over the {len(dec)} cells (α {alpha:g}; differences and TOST separately)"})
+    return out
+
+
+def seed_average(comparisons: dict, keys, metric: str, level: float = 0.95) -> dict:
+    """A group of cells summarised without counting dependent cells: per training seed, the mean % difference
+    over ``keys`` (seeds common to all of them), then the paired t-interval and p over those seeds."""
+    pct = per_seed_pct(comparisons, metric)
+    common = sorted(set.intersection(*(set(comparisons[k]["seeds"]) for k in keys)))
+    per = [float(np.mean([pct[k][comparisons[k]["seeds"].index(s)] for k in keys])) for s in common]
+    t = stats.paired_t(per, level)
+    return {"metric": metric, "cells": len(keys), "n_seeds": len(common), "per seed %": " / ".join(f"{x:+.2f}" for x in per),
+            "mean %": t["mean"], "lo": t["lo"], "hi": t["hi"], "p": t["p"]}
 
 
 def seed_spread(cells: list[dict], metric: str) -> list[dict]:
@@ -88,3 +144,38 @@ def ddim_reference(table1: dict, cells: list[dict], metric: str, dataset: str, g
                 ours[f"S={S}"] = round(float(np.mean(v)), 2)
         rows.append(ours)
     return rows
+
+
+def toy_per_seed_pct(rows: list[dict], metric: str) -> dict:
+    """{(method, steps): per-seed % differences 100·(baseline − s2dm)/baseline} from 04's toy cells."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["method"], int(r["steps"])), {}).setdefault(r["arm"], {})[int(r["seed"])] = float(r[metric])
+    out = {}
+    for key, arms in by.items():
+        b, o = arms.get("baseline", {}), arms.get("s2dm", {})
+        out[key] = [100 * (b[s] - o[s]) / b[s] for s in sorted(set(b) & set(o))]
+    return out
+
+
+def toy_decisions(rows: list[dict], metric: str, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
+                  level: float = 0.95) -> list[dict]:
+    """The toy's cells decided as the image cells are (lib.measure.stats.decide_cells: Holm over the
+    table's cells, TOST against ±margin, MDE), on per-seed % differences of an exact metric."""
+    dec = stats.decide_cells(toy_per_seed_pct(rows, metric), margin, alpha, level)
+    return [{"metric": metric, "sampler": m, "steps": S, "n_seeds": d["n"], "improvement %": d["mean"],
+             "lo": d["lo"], "hi": d["hi"], "p (Holm)": d["p_holm"], f"TOST {1 - 2 * alpha:.0%} lo": d["tost_lo"],
+             f"TOST {1 - 2 * alpha:.0%} hi": d["tost_hi"], "TOST p (Holm)": d["tost_p_holm"], "mde %": d["mde"],
+             "verdict": d["verdict"]} for (m, S), d in dec.items()]
+
+
+def verdict_counts(decided: list[dict], margin: float = stats.MARGIN_PCT) -> list[dict]:
+    """Better / worse / equivalent / undecided per metric of a list of decided cells."""
+    out = []
+    for metric in dict.fromkeys(r["metric"] for r in decided):
+        v = [r["verdict"] for r in decided if r["metric"] == metric]
+        out.append({"metric": metric, "n_cells": len(v), "n_seeds": min(r["n_seeds"] for r in decided if r["metric"] == metric),
+                    "better": v.count("better"), "worse": v.count("worse"), "equivalent": v.count("equivalent"),
+                    "undecided": v.count("undecided"), "margin_pct": margin,
+                    "correction": f"Holm over the {len(v)} cells (α 0.05; differences and TOST separately)"})
+    return out

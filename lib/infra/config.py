@@ -211,13 +211,17 @@ def _cpu() -> Config:
                           attn_resolutions=(), dropout=0.0),
         loss=LossConfig(),
         data=DataConfig(dataset="mnist", image_size=16, random_flip=False),
-        # 3,000 steps are 3x 1/(1 - ema_decay): the EMA ramps in (EDM's ratio 0.05; issue 11 item 4).
-        train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, ema_rampup=0.05,
+        # 2,000 steps are 2x 1/(1 - ema_decay), the EMA ramped in (EDM's ratio 0.05; issue 11 item 4):
+        # down from 3,000 so that 6 seeds per arm fit the budget (bench/results/seed_budget_cpu.md).
+        train=TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, ema_rampup=0.05,
                           ckpt_every=500, log_every=50),
         sample=SampleConfig(n_samples=500, batch_size=250, steps=(10, 20, 50, 100)),
-        eval=EvalConfig(metric="classifier", n_boot=200, classifier_steps=1000, classifier_width=16),
+        # 1,000 bootstrap replicates per interval: seconds on saved features (bench/results/seed_budget_cpu.md).
+        eval=EvalConfig(metric="classifier", n_boot=1000, classifier_steps=1000, classifier_width=16),
         toy=ToyConfig(n_seeds=5, steps=2000, batch_size=512, n_samples=5000),
-        experiment=ExperimentConfig(n_seeds=3, **_RELATED_CPU),
+        # 6 seeds for the headline cells (DDIM 10/20: TOST power at ±3.27 %), the full sweep on 3
+        # (bench/seed_budget.py: power and predicted wall time of this design).
+        experiment=ExperimentConfig(n_seeds=6, sweep_seeds=3, headline_steps=(10, 20), **_RELATED_CPU),
     )
 
 
@@ -233,7 +237,7 @@ def _ci() -> Config:
         sample=SampleConfig(n_samples=64, batch_size=64, steps=(5, 10)),
         eval=EvalConfig(metric="classifier", n_boot=20, classifier_steps=100, classifier_width=8),
         toy=ToyConfig(n_seeds=2, steps=100, batch_size=256, hidden=32, n_samples=500, sample_steps=(5, 10)),
-        experiment=ExperimentConfig(n_seeds=2, workers=1, **_RELATED_CI),
+        experiment=ExperimentConfig(n_seeds=2, sweep_seeds=1, headline_steps=(5,), workers=1, **_RELATED_CI),
     )
 
 
@@ -439,6 +443,10 @@ class ExperimentConfig:
     ``toy.n_samples``, ``loss.cdm_steps``); ``cdm_finetune = 0`` trains the CDM arm from scratch."""
 
     n_seeds: int = 1  # image training seeds per arm (the paper trains one)
+    # Seeds 0 … sweep_seeds − 1 run the full sampler × step sweep of 04; the others only the headline
+    # cells (sample.methods[0] at headline_steps; () = the two smallest sample.steps). 0: all seeds, full sweep.
+    sweep_seeds: int = 0
+    headline_steps: tuple[int, ...] = ()
     workers: int = 0  # parallel single-threaded training processes; 0: os.cpu_count(); 1: in this process
     related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
     related_seeds: int = 0  # training seeds 0 … related_seeds − 1 in notebook 06's neighbour cells; 0: every seed
@@ -480,6 +488,11 @@ def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
     """Reject an impossible experiment design, naming the key."""
     if x.n_seeds < 1 or x.workers < 0:
         raise ConfigError(f"experiment.n_seeds must be >= 1 and experiment.workers >= 0, got {x.n_seeds}, {x.workers}")
+    if not 0 <= x.sweep_seeds <= x.n_seeds:
+        raise ConfigError(f"experiment.sweep_seeds must lie in [0, n_seeds={x.n_seeds}] (0: every seed runs the "
+                          f"full sweep), got {x.sweep_seeds}")
+    if not all(isinstance(k, int) and 1 <= k <= T for k in x.headline_steps):
+        raise ConfigError(f"experiment.headline_steps must be positive integers <= T={T}, got {x.headline_steps}")
     if not x.related_steps or not all(isinstance(k, int) and 1 <= k <= T for k in x.related_steps):
         raise ConfigError(f"experiment.related_steps must be positive integers <= T={T}, got {x.related_steps}")
     for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps",
