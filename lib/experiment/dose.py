@@ -30,7 +30,7 @@ import torch
 
 from lib import data, generate
 from lib.experiment import runs
-from lib.experiment.evaluate import ImageEvaluator, image_cell
+from lib.experiment.evaluate import ImageEvaluator, image_cell, sample_seed
 from lib.factory import schedule_of
 from lib.infra import processes
 from lib.infra.config import Config, toy_config, with_overrides
@@ -72,9 +72,10 @@ def strengths(cfg: Config, steps=None) -> list[dict]:
 
 
 def sample_config(cfg: Config, seed: int) -> Config:
-    """The sample set of training seed ``seed``: its own x_T (sample.seed + 1000·seed), shared by every model
-    of that seed, so the pairing stays within a seed and the seeds' sampling noise is independent."""
-    return with_overrides(cfg, {"sample.seed": cfg.sample.seed + 1000 * seed})
+    """The toy sample set of training seed ``seed``: its own x_T (lib.experiment.evaluate.sample_seed), shared
+    by every model of that seed, so the pairing stays within a seed and the seeds' sampling noise is
+    independent. (Image cells get theirs inside evaluate.image_cell from the training seed.)"""
+    return with_overrides(cfg, {"sample.seed": sample_seed(cfg, seed)})
 
 
 # ---------------------------------------------------------------------------- tables from per-seed values
@@ -151,7 +152,7 @@ def image_seed_rows(cfg: Config, paths: Paths, seed: int, ev: ImageEvaluator | N
     positive control (constant λ, DDIM). Returns {"dose": per-seed rows, "control": per-seed rows}."""
     pc = _plan_cfg(cfg)
     ev = ev or ImageEvaluator(pc, paths, progress=False)
-    c = sample_config(pc, seed)
+    c = pc  # image_cell draws training seed ``seed``'s own x_T (evaluate.sample_seed)
     sch = schedule_of(c)
     x = cfg.experiment
     base = generate.load_model(runs.image_run(paths, "baseline", seed), ev.device)[0]
