@@ -52,7 +52,7 @@ def _replacements(profile: str, out_dir: Path, stage: Path, root: Path | None) -
 
 
 def _relink(nb_text: str) -> str:
-    """Relative links written for notebooks/ (``../X``) pointed from figures/<profile>/ (``../../X``)."""
+    """Relative links written for notebooks/ climb one folder; from figures/<profile>/ they climb two."""
     return nb_text.replace("](../", "](../../").replace('src=\\"../', 'src=\\"../../')
 
 
