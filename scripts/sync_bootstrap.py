@@ -8,7 +8,7 @@ The single sources: ``scripts/bootstrap_cell.py`` (the first code cell of every 
 in each ``notebooks/[0-9][0-9]_*.ipynb``: the setup cell (inserted before the first code cell if
 absent; collapsed in JupyterLab, a form on Colab), the "Open in Colab" / "launch binder" badge line under the title, and the typed, commented
 ``profile``/``root`` lines of the ``parameters`` cell; in README.md the badges of the notebook table;
-the address in CITATION.cff and in the README's BibTeX. A fork changes ``REPO_URL`` in
+the address in CITATION.cff (and in a BibTeX url in the README, if any). A fork changes ``REPO_URL`` in
 ``scripts/bootstrap_cell.py`` and runs this script.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ BADGE_MARK = "[![Open in Colab]"
 # (No "=" in the comments: papermill's parser skips lines with two.)
 PARAMETER_LINES = {
     "profile": 'profile: str = os.environ.get("S2DM_PROFILE", "cpu")  '
-               '# ci, cpu, gpu or paper (README: Profiles); Binder sets S2DM_PROFILE to ci',
+               '# ci, cpu, gpu or paper (docs/profiles.md); Binder sets S2DM_PROFILE to ci',
     "root": 'root: str = ""  # output root for figures/ and data/runs/; empty: the repository',
 }
 

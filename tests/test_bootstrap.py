@@ -251,9 +251,14 @@ def test_git_stores_notebooks_without_outputs_through_the_filter(tmp_path):
     r = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "hooks"], cwd=repo,
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    (repo / "nb.ipynb").write_text(executed_copy(NOTEBOOKS[0]))
-    git("add", "nb.ipynb")
-    stored = json.loads(git("show", ":nb.ipynb"))
+    source, result = Path("notebooks", "x.ipynb"), Path("figures", "cpu", "x.ipynb")  # (no file of this repo)
+    for p in (source, result):  # the result under figures/ is committed with its outputs
+        (repo / p).parent.mkdir(parents=True)
+        (repo / p).write_text(executed_copy(NOTEBOOKS[0]))
+    git("add", str(source), str(result))
+    kept = json.loads(git("show", f":{result.as_posix()}"))
+    assert any(c.get("outputs") for c in kept["cells"]), "the executed copy under figures/ lost its outputs"
+    stored = json.loads(git("show", f":{source.as_posix()}"))
     code = [c for c in stored["cells"] if c["cell_type"] == "code"]
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert "papermill" not in stored["metadata"] and not any("injected-parameters" in c["metadata"].get("tags", [])

@@ -125,7 +125,7 @@ def absolute_paths(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".ipynb":
         nb = json.loads(text)
-        parts = []
+        parts = [json.dumps(nb.get("metadata", {}))]  # papermill records input and output paths there
         for c in nb.get("cells", []):
             parts.append("".join(c.get("source", "")))
             for o in c.get("outputs", []):
