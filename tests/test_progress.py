@@ -19,9 +19,11 @@ def test_plain_progress_prints_steps_per_run_with_speed(tmp_path):
     clock = [100.0]
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     out = io.StringIO()
-    p = RunsProgress({"a": ("images baseline s0", a, 1000), "b": ("toy s2dm s1", b, 200)}, every=10, live=False, out=out)
-    p._time = lambda: clock[0]
+    p = RunsProgress({"a": ("images baseline s0", a, 1000), "b": ("toy s2dm s1", b, 200)}, every=10, live=False, out=out,
+                     clock=lambda: clock[0])
     p.update(running=["a", "b"])
+    a.write_text("step,loss\n50,0.5\n")
+    p.update(running=["a", "b"])  # the first logged step: the speed counts from here
     a.write_text("step,loss\n300,0.5\n")
     clock[0] += 5
     p.update(running=["a", "b"])  # within `every`: no line
@@ -32,7 +34,7 @@ def test_plain_progress_prints_steps_per_run_with_speed(tmp_path):
     lines = out.getvalue().splitlines()
     assert len(lines) == 3, lines
     assert "0/1,200 steps" in lines[0]
-    assert "300/1,200 steps (25 %)" in lines[1] and "images baseline s0 300/1,000 at 27.3 steps/s" in lines[1]
+    assert "300/1,200 steps (25 %)" in lines[1] and "images baseline s0 300/1,000 at 22.7 steps/s" in lines[1]
     assert "500/1,200 steps" in lines[2] and "1/2 runs done" in lines[2]
 
 
@@ -48,3 +50,29 @@ def test_run_parallel_reports_progress_while_the_runs_train(tmp_path):
     steps = [int(ln.split("]")[1].split("/")[0].replace(",", "")) for ln in out.getvalue().splitlines()]
     assert any(0 < s < 100 for s in steps), out.getvalue()  # seen while training, not only at the end
     assert steps[-1] == 100 and "2/2 runs done" in out.getvalue().splitlines()[-1]
+    p.update(final=True)  # the caller's final call repeats nothing
+    assert out.getvalue().count("2/2 runs done") == 1
+
+
+def test_live_progress_redraws_one_output_in_place(tmp_path, monkeypatch):
+    import types
+    shown = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            shown.append(("update", data["text/plain"]))
+
+    def display(data, raw=False, display_id=False):
+        shown.append(("display", data["text/plain"]))
+        return Handle()
+    monkeypatch.setitem(sys.modules, "IPython.display", types.SimpleNamespace(display=display))
+    clock = [0.0]
+    f = tmp_path / "loss.csv"
+    p = RunsProgress({"r": ("images baseline s0", f, 100)}, refresh=1, live=True, clock=lambda: clock[0])
+    for step in (10, 20, 30):
+        f.write_text(f"step,loss\n{step},0.1\n")
+        clock[0] += 2
+        p.update(running=["r"])
+    p.update(finished=["r"], final=True)
+    assert [kind for kind, _ in shown] == ["display", "update", "update", "update"]  # one output, redrawn
+    assert "30/100" in shown[2][1] and "at 5.0 steps/s" in shown[2][1] and "1/1 runs done" in shown[-1][1]

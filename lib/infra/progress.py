@@ -68,40 +68,51 @@ class RunsProgress:
     ``runs``: {key: (label, loss.csv path, total steps)}. :meth:`update` (called while waiting) reads each
     running run's step from its loss.csv: in a Jupyter kernel one output is redrawn in place (every
     ``refresh`` s); elsewhere (papermill, terminals) one plain line is printed every ``every`` s and
-    whenever a run finishes. Speed is steps per second since the run was first seen running."""
+    whenever a run finishes. Speed: steps per second since the run's first logged step."""
 
-    def __init__(self, runs: dict, every: float = 30.0, refresh: float = 1.0, live: bool | None = None, out=None):
+    def __init__(self, runs: dict, every: float = 30.0, refresh: float = 1.0, live: bool | None = None, out=None,
+                 clock=None):
         import time
 
-        self._time = time.time
+        self._time = clock or time.time
         self.runs, self.every, self.refresh = dict(runs), every, refresh
         self.live = _live_display_wanted() if live is None else live
         self.out = out or sys.stdout
         self.t0 = self._time()
-        self.seen = {}  # key -> (time, step) when first seen running
+        self.steps = {k: 0 for k in self.runs}
+        self.seen = {}  # key -> (time, step) of the first logged step seen
         self.finished = set()
-        self.handle, self.last = None, -float("inf")
+        self.handle, self.last, self.printed = None, -float("inf"), None
+
+    def _observe(self, running, now):
+        for k in running:
+            self.steps[k] = logged_step(self.runs[k][1])
+            if self.steps[k] > 0:  # process start and data loading do not count towards the speed
+                self.seen.setdefault(k, (now, self.steps[k]))
+        for k in self.finished:
+            self.steps[k] = self.runs[k][2]
 
     def text(self, running=()) -> str:
         now = self._time()
-        steps = {k: total if k in self.finished else logged_step(csv) for k, (_, csv, total) in self.runs.items()}
-        done, total = sum(steps.values()), sum(t for _, _, t in self.runs.values()) or 1
+        done, total = sum(self.steps.values()), sum(t for _, _, t in self.runs.values()) or 1
         el = int(now - self.t0)
         head = (f"[{el // 60}:{el % 60:02d}] {done:,}/{total:,} steps ({100 * done / total:.0f} %), "
                 f"{len(self.finished)}/{len(self.runs)} runs done")
         parts = []
         for k in running:
             label, _, t = self.runs[k]
-            t_seen, s_seen = self.seen.setdefault(k, (now, steps[k]))
-            rate = (steps[k] - s_seen) / (now - t_seen) if now - t_seen > 1 else 0.0
-            parts.append(f"{label} {steps[k]:,}/{t:,}" + (f" at {rate:.1f} steps/s" if rate > 0 else ""))
+            t_seen, s_seen = self.seen.get(k, (now, self.steps[k]))
+            rate = (self.steps[k] - s_seen) / (now - t_seen) if now - t_seen > 1 else 0.0
+            parts.append(f"{label} {self.steps[k]:,}/{t:,}" + (f" at {rate:.1f} steps/s" if rate > 0 else ""))
         return head + ("; running: " + "; ".join(parts) if parts else "")
 
     def update(self, running=(), finished=(), final: bool = False):
-        """Redraw (live) or print a line (plain) if it is time, a run finished, or ``final``."""
+        """Read the running runs' steps; redraw (live) or print a line (plain) if it is time, a run
+        finished, or ``final``."""
         new = set(finished) - self.finished
         self.finished |= set(finished)
         now = self._time()
+        self._observe(running, now)
         if self.live:
             if final or new or now - self.last >= self.refresh:
                 self.last = now
@@ -113,4 +124,7 @@ class RunsProgress:
                     self.handle.update(data, raw=True)
         elif final or new or now - self.last >= self.every:
             self.last = now
-            print(self.text(running), file=self.out, flush=True)
+            line = self.text(running)
+            if line.split("] ", 1)[-1] != self.printed:  # the final call repeats no line
+                print(line, file=self.out, flush=True)
+                self.printed = line.split("] ", 1)[-1]
