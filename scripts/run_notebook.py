@@ -42,7 +42,7 @@ def _replacements(profile: str, out_dir: Path, stage: Path, root: Path | None) -
     pairs = [(stage, shown), (out_dir, shown), (ROOT, "")]
     if root is not None:
         pairs.append((root, ""))
-    pairs += [(Path(sys.prefix), ".venv"), (Path.home(), "~")]
+    pairs += [(Path(sys.prefix), ".venv"), (Path(sys.base_prefix), "<python>"), (Path.home(), "~")]
     out = []
     for p, new in pairs:  # both spellings: as given and with symlinks resolved
         for s in {str(p), str(Path(p).resolve())}:

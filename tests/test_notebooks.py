@@ -38,6 +38,9 @@ def test_notebook_runs_at_profile_ci(nb, out_root):
     assert r.returncode == 0, f"{nb.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     assert (out_root / "figures" / "ci" / nb.name).exists()
     assert list((out_root / "figures" / "ci").glob(f"{nb.stem[:2]}_*.png")), f"{nb.name} saved no figure"
+    written = [p for p in (out_root / "figures" / "ci").glob(f"{nb.stem[:2]}_*") if p.suffix in (".md", ".csv", ".ipynb")]
+    leaks = {p.name: absolute_paths(p)[:3] for p in written if absolute_paths(p) or str(out_root) in p.read_text()}
+    assert not leaks, f"{nb.name}: outputs name absolute paths (run_notebook.portable misses them): {leaks}"
 
 
 def test_missing_inputs_name_the_producing_notebook(tmp_path):
