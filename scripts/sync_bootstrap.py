@@ -142,7 +142,7 @@ def main(argv=None) -> int:
                 f.write_text(new, encoding="utf-8")
     for n in no_row:
         print(f"sync_bootstrap: README.md's notebook table has no row for {n}: add "
-              f"'| `{n[:-6]}` | x | what it shows |' and run this script again", file=sys.stderr)
+              f"'| `{n[:-6]}` | x | [results](figures/cpu/{n}) | what it shows |' and run this script again", file=sys.stderr)
     if a.check:
         for s in stale:
             print(f"sync_bootstrap: {s} is out of date: run python scripts/sync_bootstrap.py", file=sys.stderr)
