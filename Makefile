@@ -119,12 +119,12 @@ test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q tests
 
 # At the repository root, so figures/ is browsable beside notebooks/. The kernel is registered inside .venv
-# (--sys-prefix: nothing in the home folder) under a name unique to this clone, and is the only Python kernel
-# offered (the server's own is hidden), so every notebook opens on it. As root (Docker, cloud GPU images)
-# JupyterLab needs --allow-root.
+# (--sys-prefix: nothing in the home folder) under a name unique to this clone, and is the only kernel offered
+# (allowed_kernelspecs hides ipykernel's "python3"), so a notebook asking for "python3" opens on it, the one
+# Python kernel there is. As root (Docker, cloud GPU images) JupyterLab needs --allow-root.
 KERNEL := s2dm-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 LAB_ARGS = --ServerApp.root_dir="$(CURDIR)" --MappingKernelManager.default_kernel_name=$(KERNEL) \
-  --KernelSpecManager.ensure_native_kernel=False $(if $(filter 0,$(shell id -u)),--allow-root,)
+  --KernelSpecManager.allowed_kernelspecs=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(VENV)/.stamp-lab
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "S2-DMs ($(notdir $(CURDIR)))"
 	$(VENV)/bin/jupyter lab $(LAB_ARGS)

@@ -72,7 +72,7 @@ def test_lab_registers_a_per_clone_kernel_inside_the_venv_and_runs_as_root():
     kernel = reg.split("--name ")[1].split()[0]
     assert kernel.startswith("s2dm-") and kernel != "s2dm-"
     lab = next(ln for ln in r.stdout.splitlines() if " lab " in ln)
-    assert f"default_kernel_name={kernel}" in lab and "ensure_native_kernel=False" in lab
+    assert f"default_kernel_name={kernel}" in lab and f"allowed_kernelspecs={kernel}" in lab
     assert ("--allow-root" in lab) == (os.getuid() == 0), lab
     other = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "lab", "PY=x",
                             "VENV=/nonexistent-venv"], capture_output=True, text=True, cwd="/tmp")
