@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 LIB := $(wildcard lib/*.py lib/*/*.py)
 
-.PHONY: reproduce test lab bench venv check-python hooks clean-figures help fetch gpu-check
+.PHONY: reproduce test lab bench venv check-python hooks clean-figures help fetch gpu-check torch
 help:
 	@sed -n '2,9p' Makefile
 
@@ -32,10 +32,37 @@ endef
 check-python:
 	@$(check_python); echo "make: PYTHON=$(PYTHON) is Python $$v (3.11 or newer: fine)"
 
+# torch/torchvision at their pins, before the rest: from PyTorch's CPU wheel index where no NVIDIA GPU is
+# present (nvidia-smi absent; ~0.8 GB instead of ~6 GB with CUDA), else from the default index (its Linux
+# wheels carry CUDA). TORCH_INDEX=cpu|cuda|default overrides; an unreachable CPU index falls back to the
+# default one, saying so. `make torch PIP=echo` shows the command without installing.
+TORCH_INDEX ?= auto
+TORCH_CPU_URL ?= https://download.pytorch.org/whl/cpu
+PIP ?= $(PY) -m pip
+# Reachable? (pip itself would silently take a wheel from another configured index or find-links folder.)
+TORCH_PROBE ?= $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_URL)/torch/', timeout=10)"
+define install_torch
+pins=$$(grep -E '^(torch|torchvision)==' requirements.txt | tr '\n' ' '); idx="$(TORCH_INDEX)"; \
+if [ "$$idx" = auto ]; then if command -v nvidia-smi >/dev/null 2>&1; then idx=cuda; else idx=cpu; fi; fi; \
+case "$$idx" in \
+  cpu) if $(TORCH_PROBE) >/dev/null 2>&1; then \
+         echo "make: torch from the CPU wheel index $(TORCH_CPU_URL) (no NVIDIA GPU found; TORCH_INDEX=cuda overrides)"; \
+         $(PIP) install --quiet --index-url $(TORCH_CPU_URL) $$pins; \
+       else echo "make: the CPU wheel index $(TORCH_CPU_URL) is unreachable: torch from the default index instead"; \
+         $(PIP) install --quiet $$pins; fi ;; \
+  cuda|default) $(PIP) install --quiet $$pins ;; \
+  *) echo "make: TORCH_INDEX=$$idx is not one of auto, cpu, cuda, default" >&2; exit 1 ;; \
+esac
+endef
+.PHONY: torch
+torch:
+	@$(install_torch)
+
 $(VENV)/.stamp-run: requirements.txt pyproject.toml
 	@test -x $(PY) || { $(check_python); $(PYTHON) -m venv $(VENV) || { \
 	  echo "make: '$(PYTHON) -m venv' failed (Debian/Ubuntu: apt install python$$v-venv)" >&2; exit 1; }; }
 	$(PY) -m pip install --quiet --upgrade pip
+	@$(install_torch)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
@@ -44,7 +71,6 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-run requirements-dev.txt
 	@touch $@
 $(VENV)/.stamp-lab: $(VENV)/.stamp-run requirements-lab.txt
 	$(PY) -m pip install --quiet -r requirements-lab.txt
-	$(PY) -m ipykernel install --user --name s2dm --display-name "S2-DMs (.venv)"
 	@touch $@
 venv: $(VENV)/.stamp-run
 
@@ -92,9 +118,16 @@ fetch: $(VENV)/.stamp-run
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q tests
 
-# At the repository root, so figures/ is browsable beside notebooks/; new notebooks get the registered kernel.
+# At the repository root, so figures/ is browsable beside notebooks/. The kernel is registered inside .venv
+# (--sys-prefix: nothing in the home folder) under a name unique to this clone, and is the only kernel offered
+# (allowed_kernelspecs hides ipykernel's "python3"), so a notebook asking for "python3" opens on it, the one
+# Python kernel there is. As root (Docker, cloud GPU images) JupyterLab needs --allow-root.
+KERNEL := s2dm-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
+LAB_ARGS = --ServerApp.root_dir="$(CURDIR)" --MappingKernelManager.default_kernel_name=$(KERNEL) \
+  --KernelSpecManager.allowed_kernelspecs=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(VENV)/.stamp-lab
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --MappingKernelManager.default_kernel_name=s2dm
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "S2-DMs ($(notdir $(CURDIR)))"
+	$(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 # The clean filter that .gitattributes names for *.ipynb (scripts/strip_outputs.py needs no packages).
 hooks:

@@ -526,7 +526,21 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="the known checkpoints and whether they are in place")
     i = sub.add_parser("info", help="load a source and print the architecture it implies")
     i.add_argument("source")
+    x = sub.add_parser("export", help="write a lib.train run's EMA weights as a diffusers UNet2DModel folder")
+    x.add_argument("run_dir")
+    x.add_argument("out_dir")
     a = p.parse_args(argv)
+    if a.cmd == "export":  # lib.export: the inverse mapping, checked against the run's ε
+        from lib import export
+        try:
+            r = export.export_run(a.run_dir, a.out_dir, load=load_unet, rename=diffusers_to_ours,
+                                 fixed=_DIFFUSERS_FIXED)
+        except (export.ExportError, PretrainedError) as e:
+            print(f"error: cannot export: {e}", file=sys.stderr)
+            return 2
+        print(f"{r['out']}: diffusers UNet2DModel (config.json, diffusion_pytorch_model.safetensors, "
+              f"scheduler_config.json); max |Δε| against the run = {r['max_abs_diff']:.2e}")
+        return 0
     try:
         if a.cmd == "list":
             for name in CHECKPOINTS:

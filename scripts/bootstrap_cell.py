@@ -1,6 +1,7 @@
-# Setup: the same first cell in every notebook (kept in scripts/bootstrap_cell.py; sync_bootstrap.py copies it).
-# It makes `lib` importable: from the repository around this notebook, else the installed project, else,
-# on Colab, from a clone of REPO_URL, installing only the pinned packages Colab lacks (never torch).
+#@title Setup: makes `lib` importable (the repository around this notebook, or a clone on Colab) { display-mode: "form" }
+# The same first cell in every notebook: edit scripts/bootstrap_cell.py, then run scripts/sync_bootstrap.py.
+# It finds the repository around this notebook, else the installed project, else, on Colab, clones REPO_URL
+# and installs only the pinned packages Colab lacks (never torch: scripts/install_missing.py).
 import importlib.util, os, subprocess, sys  # noqa: E401
 from pathlib import Path
 
@@ -12,7 +13,11 @@ if repo is None and importlib.util.find_spec("lib") is None:
                                   "or run `pip install --no-deps -e .` at the repository root")
     repo = Path(os.environ.get("S2DM_CLONE_DIR", "/content/s2dm-companion"))
     if not (repo / "lib" / "samplers.py").is_file():
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(repo)], check=True)
+        r = subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(repo)], capture_output=True, text=True)
+        if r.returncode:  # one message saying what to do, not git's traceback
+            raise SystemExit(f"Could not clone {REPO_URL} ({(r.stderr.strip().splitlines() or ['git failed'])[-1]}). "
+                             f"Set the address and run this cell again: os.environ['S2DM_REPO_URL'] = '<git URL>' "
+                             f"in a cell above; or upload the repository's folder to {repo} (Files panel).")
     if os.environ.get("S2DM_NO_INSTALL") != "1":
         subprocess.run([sys.executable, str(repo / "scripts" / "install_missing.py")], check=True)
         importlib.invalidate_caches()

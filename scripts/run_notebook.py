@@ -1,12 +1,16 @@
-"""Execute one numbered notebook headlessly with papermill, then export it to HTML.
+"""Execute one numbered notebook headlessly with papermill; its executed copy is the result readers open.
 
-    python scripts/run_notebook.py notebooks/03_train.ipynb --profile cpu [--root DIR]
+    python scripts/run_notebook.py notebooks/03_train.ipynb --profile cpu [--root DIR] [--html]
 
 The executed copy goes to ``figures/<profile>/<name>.ipynb`` only when every cell succeeded (a
 failed run is kept as ``<name>.failed.ipynb`` and the script names the notebook and exits 1), so
 ``make`` treats a failed notebook as not done and re-runs only what is out of date. The notebook's
 tables and figures are written to a staging folder (lib.infra.paths) and moved into ``figures/<profile>/``
-only on success: a failed notebook leaves the previous good outputs in place. A marker
+only on success: a failed notebook leaves the previous good outputs in place. The executed copy and the
+text outputs (Markdown, CSV) carry no absolute path of the producing machine (:func:`portable`): paths
+under the repository or the output root become relative, the staging folder becomes ``figures/<profile>``;
+the copy's relative links are rewritten for its place under ``figures/<profile>/``, so GitHub, nbviewer
+and Colab render it with working links. ``--html`` also writes an HTML export (not committed). A marker
 ``data/runs/<profile>/.notebooks/<name>.done`` records a success next to the runs it wrote, so that
 ``make`` runs the notebook again when ``data/runs`` has been deleted.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -24,7 +29,34 @@ sys.path.insert(0, str(ROOT))
 from lib.infra import paths  # noqa: E402
 
 
-def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> Path:
+def portable(text: str, replacements: list[tuple[str, str]]) -> str:
+    """``text`` with each absolute prefix replaced (longest first): no machine path in a committed result."""
+    for old, new in sorted(replacements, key=lambda r: -len(r[0])):
+        text = text.replace(old + "/", new + "/" if new else "")
+        text = re.sub(re.escape(old) + r"(?![\w.-])", new or ".", text)  # the folder itself, not /rootfs
+    return text
+
+
+def _replacements(profile: str, out_dir: Path, stage: Path, root: Path | None) -> list[tuple[str, str]]:
+    shown = f"figures/{profile}"
+    pairs = [(stage, shown), (out_dir, shown), (ROOT, "")]
+    if root is not None:
+        pairs.append((root, ""))
+    pairs += [(Path(sys.prefix), ".venv"), (Path(sys.base_prefix), "<python>"), (Path.home(), "~")]
+    out = []
+    for p, new in pairs:  # both spellings: as given and with symlinks resolved
+        for s in {str(p), str(Path(p).resolve())}:
+            if len(s) > 1:
+                out.append((s, new))
+    return out
+
+
+def _relink(nb_text: str) -> str:
+    """Relative links written for notebooks/ climb one folder; from figures/<profile>/ they climb two."""
+    return nb_text.replace("](../", "](../../").replace('src=\\"../', 'src=\\"../../')
+
+
+def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) -> Path:
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter
@@ -53,6 +85,14 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     finally:
         for k in (paths.STAGE_FOR, paths.STAGE_DIR):
             os.environ.pop(k, None)
+    subs = _replacements(profile, out_dir, stage, root)
+    for f in [partial, *(p for p in stage.rglob("*") if p.suffix in (".md", ".csv", ".txt", ".json", ".svg"))]:
+        text = f.read_text(encoding="utf-8")
+        new = portable(text, subs)
+        if f == partial:
+            new = _relink(new)
+        if new != text:
+            f.write_text(new, encoding="utf-8")
     publish(stage, out_dir)
     os.replace(partial, final)
     if html:
@@ -79,9 +119,10 @@ def main():
     p.add_argument("notebook", type=Path)
     p.add_argument("--profile", required=True)
     p.add_argument("--root", type=Path, default=None, help="output root instead of the repository (tests)")
-    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--html", action="store_true", help="also export the executed notebook to HTML")
+    p.add_argument("--no-html", action="store_true", help="the default (kept for older callers)")
     a = p.parse_args()
-    run(a.notebook.resolve(), a.profile, a.root, html=not a.no_html)
+    run(a.notebook.resolve(), a.profile, a.root, html=a.html and not a.no_html)
 
 
 if __name__ == "__main__":

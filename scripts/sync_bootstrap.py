@@ -6,9 +6,9 @@
 The single sources: ``scripts/bootstrap_cell.py`` (the first code cell of every notebook, whose
 ``REPO_URL`` default is the repository's address) and ``BRANCH`` below. From them this script writes,
 in each ``notebooks/[0-9][0-9]_*.ipynb``: the setup cell (inserted before the first code cell if
-absent), the "Open in Colab" / "launch binder" badge line under the title, and the typed, commented
+absent; collapsed in JupyterLab, a form on Colab), the "Open in Colab" / "launch binder" badge line under the title, and the typed, commented
 ``profile``/``root`` lines of the ``parameters`` cell; in README.md the badges of the notebook table;
-the address in CITATION.cff and in the README's BibTeX. A fork changes ``REPO_URL`` in
+the address in CITATION.cff (and in a BibTeX url in the README, if any). A fork changes ``REPO_URL`` in
 ``scripts/bootstrap_cell.py`` and runs this script.
 """
 from __future__ import annotations
@@ -24,13 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CELL_FILE = ROOT / "scripts" / "bootstrap_cell.py"
 BRANCH = "main"
 CELL_ID = "setup"
-CELL_MARK = "# Setup: the same first cell in every notebook"
+CELL_MARKS = ("#@title Setup", "# Setup: the same first cell in every notebook")  # now, and before
+# The setup cell stays out of the way: collapsed in JupyterLab, a one-line form on Colab (its #@title line).
+CELL_METADATA = {"jupyter": {"source_hidden": True}, "cellView": "form"}
 BADGE_MARK = "[![Open in Colab]"
 # The parameters cell: papermill overrides these; `papermill --help-notebook` shows the type and comment.
 # (No "=" in the comments: papermill's parser skips lines with two.)
 PARAMETER_LINES = {
     "profile": 'profile: str = os.environ.get("S2DM_PROFILE", "cpu")  '
-               '# ci, cpu, gpu or paper (README: Profiles); Binder sets S2DM_PROFILE to ci',
+               '# ci, cpu, gpu or paper (docs/profiles.md); Binder sets S2DM_PROFILE to ci',
     "root": 'root: str = ""  # output root for figures/ and data/runs/; empty: the repository',
 }
 
@@ -65,7 +67,7 @@ def badges(nb_name: str, url: str) -> str:
 
 def title_badge_line(nb_name: str, url: str) -> str:
     return (f"{badges(nb_name, url)} · results at profile `cpu`: "
-            f"[figures/cpu/{Path(nb_name).stem}.html](../figures/cpu/{Path(nb_name).stem}.html)")
+            f"[figures/cpu/{nb_name}](../figures/cpu/{nb_name})")
 
 
 def sync_notebook(path: Path, url: str):
@@ -81,10 +83,12 @@ def sync_notebook(path: Path, url: str):
     title.source = "\n".join([lines[0], "", title_badge_line(path.name, url), *lines[1:]])
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     first = nb.cells[code[0]] if code else None
-    if first is not None and (first.get("id") == CELL_ID or first.source.startswith(CELL_MARK)):
+    if first is not None and (first.get("id") == CELL_ID or first.source.startswith(CELL_MARKS)):
         first.source = cell_source()
     else:
-        nb.cells.insert(code[0] if code else len(nb.cells), nbformat.v4.new_code_cell(cell_source(), id=CELL_ID))
+        first = nbformat.v4.new_code_cell(cell_source(), id=CELL_ID)
+        nb.cells.insert(code[0] if code else len(nb.cells), first)
+    first.metadata.update(CELL_METADATA)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(params) != 1:
         raise SystemExit(f"sync_bootstrap: {path.name}: needs exactly one cell tagged `parameters`")
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
                 f.write_text(new, encoding="utf-8")
     for n in no_row:
         print(f"sync_bootstrap: README.md's notebook table has no row for {n}: add "
-              f"'| `{n[:-6]}` | x | what it shows |' and run this script again", file=sys.stderr)
+              f"'| `{n[:-6]}` | x | [results](figures/cpu/{n}) | what it shows |' and run this script again", file=sys.stderr)
     if a.check:
         for s in stale:
             print(f"sync_bootstrap: {s} is out of date: run python scripts/sync_bootstrap.py", file=sys.stderr)

@@ -55,6 +55,9 @@ def test_every_notebook_starts_with_the_one_setup_cell():
         nb = nbformat.read(p, as_version=4)
         first = next(c for c in nb.cells if c.cell_type == "code")
         assert first.source == CELL, f"{p.name}: first code cell differs from scripts/bootstrap_cell.py"
+        # out of the way: collapsed in JupyterLab, a one-line form on Colab
+        assert first.metadata.get("jupyter", {}).get("source_hidden") is True, p.name
+        assert first.metadata.get("cellView") == "form" and first.source.startswith("#@title "), p.name
         assert "parameters" in nb.cells[nb.cells.index(first) + 1].metadata.get("tags", []), p.name
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_bootstrap.py"), "--check"],
                        capture_output=True, text=True)
@@ -132,6 +135,16 @@ def test_colab_branch_clones_the_repository_and_installs_nothing_present(bare_py
         # the bare interpreter has no pip: reaching pip at all would have failed
         assert "nothing to install" in r.stdout, r.stdout
     assert (clone / ".git").is_dir() and (clone / "notebooks" / "01_noise_schedule.ipynb").is_file()
+
+
+def test_colab_branch_says_what_to_do_when_the_clone_fails(bare_python, tmp_path):
+    git_repo_or_skip()
+    env = clean_env(S2DM_COLAB="1", S2DM_REPO_URL=f"file://{tmp_path}/no-such-repo",
+                    S2DM_CLONE_DIR=str(tmp_path / "clone"))
+    r = subprocess.run([str(bare_python), "-c", CELL], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "Could not clone" in r.stderr and "S2DM_REPO_URL" in r.stderr and "upload the repository" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_setup_cell_outside_a_repository_and_colab_says_what_to_do(bare_python, tmp_path):
@@ -238,9 +251,14 @@ def test_git_stores_notebooks_without_outputs_through_the_filter(tmp_path):
     r = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "hooks"], cwd=repo,
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    (repo / "nb.ipynb").write_text(executed_copy(NOTEBOOKS[0]))
-    git("add", "nb.ipynb")
-    stored = json.loads(git("show", ":nb.ipynb"))
+    source, result = Path("notebooks", "x.ipynb"), Path("figures", "cpu", "x.ipynb")  # (no file of this repo)
+    for p in (source, result):  # the result under figures/ is committed with its outputs
+        (repo / p).parent.mkdir(parents=True)
+        (repo / p).write_text(executed_copy(NOTEBOOKS[0]))
+    git("add", str(source), str(result))
+    kept = json.loads(git("show", f":{result.as_posix()}"))
+    assert any(c.get("outputs") for c in kept["cells"]), "the executed copy under figures/ lost its outputs"
+    stored = json.loads(git("show", f":{source.as_posix()}"))
     code = [c for c in stored["cells"] if c["cell_type"] == "code"]
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert "papermill" not in stored["metadata"] and not any("injected-parameters" in c["metadata"].get("tags", [])

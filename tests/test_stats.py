@@ -83,11 +83,30 @@ def test_seed_difference_with_one_seed_is_its_bootstrap():
 def test_report_tables_round_trip(tmp_path):
     rows = [{"a": 1.5, "b": "x", "c": True}, {"a": 0.0001234, "b": "y", "c": False}]
     md = report.save_table(rows, tmp_path, "t", title="T")
-    assert md.startswith("**T**") and "| a | b | c |" in md and "1.23e-04" in md
+    assert md.startswith("**T**") and "| a | b | c |" in md and "1.23e-04" in md and "| 1.50 | x | yes |" in md
     back = report.read_table(tmp_path / "t.csv")
     assert back[0]["a"] == 1.5 and back[1]["b"] == "y" and back[0]["c"] == "True"
     assert report.save_table(rows, tmp_path, "u", columns=["b"]).count("|") == 2 * 4
     assert report.to_markdown([]) .startswith("| ")
+
+
+def test_report_markdown_is_for_people_and_the_csv_keeps_everything(tmp_path):
+    rows = [{"method": "ddim", "steps": 10, "FD": 61.3912, "FD_lo": 59.2051, "FD_hi": 63.5774, "a − b": -0.04959,
+             "lo": -4.597, "hi": 4.498, "boot lo": -0.8831, "boot hi": 0.7832, "excludes 0": True, "n_seeds": 3.0,
+             "x1": 1, "x2": 2, "x3": 3, "x4": 4, "x5": 1},
+            {"method": "pndm", "steps": 20, "FD": 35.4, "FD_lo": 32.1, "FD_hi": 38.8, "a − b": 0.5, "lo": 0.1,
+             "hi": 0.9, "boot lo": 0.2, "boot hi": 0.8, "excludes 0": "False", "n_seeds": 3.0,
+             "x1": 5, "x2": 6, "x3": 7, "x4": 8, "x5": 2}]
+    md = report.save_table(rows, tmp_path, "t")
+    head, _, *body = md.splitlines()
+    cols = head.strip("|").split(" | ")
+    assert len(cols) <= report.MAX_COLUMNS and "FD_lo" not in head and "lo" not in [c.strip() for c in cols]
+    assert "FD [lo, hi]" in head and "a − b [lo, hi]" in head and "boot [lo, hi]" in head
+    assert "| 61.4 [59.2, 63.6] |" in md and "-0.05 [-4.60, 4.50]" in md and "[-0.883, 0.783]" in md
+    assert "True" not in md and "False" not in md and "| yes |" in md and "| no |" in md
+    assert "In every row: n_seeds 3." in md  # the constant column leaves the table (it is over 10 wide)
+    assert "Not shown here (in the CSV): x5." in md
+    assert len(report.read_table(tmp_path / "t.csv")[0]) == len(rows[0])  # the CSV keeps every column
 
 
 def test_report_figure_writes_png_and_pdf(tmp_path):

@@ -24,6 +24,7 @@ from lib.infra import checkpoint as ckpt
 from lib.infra import processes
 from lib.infra.config import Config, get_config, toy_config, with_overrides
 from lib.infra.paths import Paths
+from lib.infra.progress import RunsProgress
 from lib.train import train
 
 ARMS = ("baseline", "s2dm")
@@ -202,14 +203,24 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
                 train(job.cfg, job.arm, job.out, progress=False)
         else:
             commands[key] = cmd
+    watch = None
+    if progress and commands:  # one display over every run: steps done / total, per run with its speed
+        watch = RunsProgress({k: (_label(k, jobs[k]), jobs[k].out / "loss.csv", jobs[k].cfg.train.steps)
+                              for k in commands}).update
     failures = processes.run_parallel(commands, workers, progress,
-                                      lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})")
+                                      lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})", watch)
+    if watch is not None:
+        watch(running=(), finished=[k for k in commands if is_finished(jobs[k])], final=True)
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(pending)} training runs failed (the others are kept; "
                            "run again to resume):\n" + "\n".join(failures))
     if progress and pending:
         print(f"trained {len(pending)} runs in {time.time() - t_start:.0f} s", flush=True)
     return {key: job.out for key, job in jobs.items()}
+
+
+def _label(key, job: Job) -> str:
+    return f"{'toy' if job.toy else 'images'} {job.arm} s{job.cfg.train.seed}"
 
 
 def train_experiment(cfg: Config, paths: Paths, arms=ARMS, progress: bool = True) -> tuple[dict, dict]:

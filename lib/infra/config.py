@@ -8,7 +8,7 @@ annotated type. :func:`validate` is the one validator: the types of every field 
 (sections added later are covered without code), then the value rules, among them the model/data
 consistency (channels, resolution, batch against the dataset's size).
 
-Profiles (README.md): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
+Profiles (docs/profiles.md): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
 without a GPU: MNIST-5k and 2-D toy data, ~30 min on 2 cores), ``gpu`` (one GPU: CIFAR-10) and
 ``paper`` (the paper's model and optimiser, long training, 50k-sample FID).
 Unknown profiles, unknown keys, wrong types and impossible values fail at once with a message
@@ -203,7 +203,7 @@ def _gpu() -> Config:
 
 def _cpu() -> Config:
     # MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm:
-    # ~30 min on 2 cores (measured: README). The sweep's 4 samplers x 4 step counts x 2 arms cost
+    # 38 min on 2 cores (measured: docs/profiles.md). The sweep's 4 samplers x 4 step counts x 2 arms cost
     # ~1500 network evaluations per sample, hence 500 samples per cell.
     return Config(
         profile="cpu",

@@ -41,10 +41,11 @@ def n_workers(requested: int, n_jobs: int) -> int:
     return max(1, min(requested or os.cpu_count() or 1, n_jobs or 1))
 
 
-def run_parallel(commands: dict, workers: int, progress: bool = True, describe=str) -> list[str]:
+def run_parallel(commands: dict, workers: int, progress: bool = True, describe=str, watch=None) -> list[str]:
     """Run {key: argv} with at most ``workers`` at a time, in the given order. A failure does not stop
-    the others; returns one message per failed command (``describe(key)``, exit code, stderr tail)."""
-    queue, running, failures = list(commands), {}, []
+    the others; returns one message per failed command (``describe(key)``, exit code, stderr tail).
+    ``watch(running=keys, finished=keys)`` is called while waiting (e.g. progress.RunsProgress.update)."""
+    queue, running, failures, finished = list(commands), {}, [], []
     env = worker_env()
     while queue or running:
         while queue and len(running) < workers:
@@ -60,6 +61,10 @@ def run_parallel(commands: dict, workers: int, progress: bool = True, describe=s
             err.close()
             if p.returncode != 0:
                 failures.append(f"{describe(key)} exited with {p.returncode}:\n    " + "\n    ".join(tail))
-            elif progress:
-                print(f"  {describe(key)}: {time.time() - t0:.0f} s", flush=True)
+            else:
+                finished.append(key)
+                if progress and watch is None:
+                    print(f"  {describe(key)}: {time.time() - t0:.0f} s", flush=True)
+        if watch is not None:
+            watch(running=list(running), finished=finished)
     return failures

@@ -35,7 +35,7 @@ from lib.infra.paths import ROOT
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock (documented in README "When things go wrong")
+except ImportError:  # not POSIX: no lock (documented in docs/troubleshooting.md)
     fcntl = None
 
 # Keys that may change between a run and its resumption: they do not alter the trajectory.
