@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lib.infra.config import ModelConfig
+from lib.infra.config import ConfigError, ModelConfig
 from lib.infra.paths import ROOT
 from lib.unet import UNet
 
@@ -290,6 +290,17 @@ def _attn_name(rest: str) -> str:
     return rest + "?"
 
 
+def _verified_run(path: Path):
+    """A lib.train run's config after lib.infra.rundir's final.json check (the one lib.generate applies)."""
+    from lib.infra import rundir
+    from lib.infra.checkpoint import CheckpointError
+
+    try:
+        return rundir.verified_final(path)[0]
+    except (CheckpointError, rundir.RunDirError, ConfigError) as e:
+        raise PretrainedError(str(e)) from None
+
+
 def load_state(source, *, entry: str = "ema", root=None) -> dict:
     """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
 
@@ -302,9 +313,10 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
     if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
         raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
                               "corrupt or another checkpoint; delete it and fetch it again")
+    if path.is_file() and path.name == "final.pt" and (path.parent / "run.json").is_file():
+        path = path.parent  # a run's final.pt is served only through the run's final.json check
     if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
-        from lib.infra.config import load_json
-        cfg = load_json(path / "config.json").model
+        cfg = _verified_run(path).model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
         return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)

@@ -250,16 +250,26 @@ def final_problem(out: Path, cfg: Config, arm: str | None = None) -> str | None:
     return None
 
 
-def load_run(run_dir, map_location="cpu"):
-    """A finished run's ``(config, ema_state_dict)``; refuses a final.pt that is not the verified result
-    of the run's config.json (stale, torn, unfinished)."""
+def verified_final(run_dir) -> tuple[Config, Path]:
+    """``(config, final.pt)`` of a finished run, after the final.json check (:func:`final_problem`):
+    the one gate every reader of a run's weights passes (lib.generate, lib.pretrained, notebook 08)."""
     run_dir = Path(run_dir)
     if not (run_dir / "final.pt").exists() or not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (need config.json and final.pt); "
                                 f"train it first (python -m lib.train ... --out {run_dir}, or notebook 03_train)")
     cfg = load_json(run_dir / "config.json")
-    problem = final_problem(run_dir, cfg)
+    try:
+        problem = final_problem(run_dir, cfg)
+    except RunDirError as e:  # an unreadable final.json
+        problem = str(e)
     if problem:
         raise ckpt.CheckpointError(f"{run_dir} is not a finished run: {problem}. Run its training command again "
                                    f"(it resumes or verifies), or notebook 03_train")
-    return cfg, ckpt.safe_load(run_dir / "final.pt", map_location)
+    return cfg, run_dir / "final.pt"
+
+
+def load_run(run_dir, map_location="cpu"):
+    """A finished run's ``(config, ema_state_dict)``; refuses a final.pt that is not the verified result
+    of the run's config.json (stale, torn, unfinished)."""
+    cfg, final = verified_final(run_dir)
+    return cfg, ckpt.safe_load(final, map_location)
