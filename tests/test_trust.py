@@ -46,3 +46,41 @@ def test_1_a_replaced_final_pt_is_refused(ci_run, tmp_path):
     from lib.unet import build_unet
     with pytest.raises(pretrained.PretrainedError, match="checksum"):
         pretrained.init_weights(build_unet(rundir.load_json(run / "config.json").model), str(run))
+
+
+# ---------------------------------------------------------------------------- 2. the classifier cache
+def test_2_the_classifier_cache_is_keyed_by_code_and_rebuilt_when_torn(tmp_path, monkeypatch):
+    from lib.measure import classifier
+
+    cfg = get_config("ci", ["eval.classifier_steps=2"])
+    cache = tmp_path / "cls"
+    classifier.get_classifier(cfg.data, cfg.eval, cache_dir=cache, progress=False)
+    key = classifier.classifier_key(cfg.data, cfg.eval)
+    pt, js = cache / f"{key}.pt", cache / f"{key}.json"
+    t0 = pt.stat().st_mtime_ns
+    classifier.get_classifier(cfg.data, cfg.eval, cache_dir=cache, progress=False)
+    assert pt.stat().st_mtime_ns == t0  # same code and config: reused
+    # other classifier code (e.g. another learning rate): rebuilt, saying why
+    monkeypatch.setattr(classifier, "classifier_code", lambda: {"lib/measure/classifier.py": "other"})
+    with pytest.warns(UserWarning, match="other classifier code"):
+        classifier.get_classifier(cfg.data, cfg.eval, cache_dir=cache, progress=False)
+    assert json.loads(js.read_text())["code"] == {"lib/measure/classifier.py": "other"}
+    # a torn cache: rebuilt, saying why
+    pt.write_bytes(pt.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable"):
+        m = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=cache, progress=False)
+    assert m.meta["key"] == key and torch.load(pt, weights_only=True)
+
+
+def test_2_a_garbage_reference_npz_is_one_line_naming_the_file(tmp_path):
+    from lib.experiment import evaluate
+    from lib.infra.paths import Paths
+
+    P = Paths("ci", tmp_path)
+    ref = P.runs / "features" / "reference.npz"
+    ref.parent.mkdir(parents=True)
+    ref.write_bytes(b"\x93NUMPY garbage" * 10)
+    with pytest.raises(ValueError) as e:
+        evaluate.load_reference(P)
+    msg = str(e.value)
+    assert str(ref) in msg and "04_sampler_sweeps" in msg and "allow_pickle" not in msg and "\n" not in msg
