@@ -84,3 +84,39 @@ def test_2_a_garbage_reference_npz_is_one_line_naming_the_file(tmp_path):
         evaluate.load_reference(P)
     msg = str(e.value)
     assert str(ref) in msg and "04_sampler_sweeps" in msg and "allow_pickle" not in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------------------- 3./4. fine-tunes
+def _ft_cfg(steps=2, seed=0):
+    return get_config("ci", [f"train.steps={steps}", "train.ckpt_every=1", "train.log_every=1", f"train.seed={seed}"])
+
+
+def test_3_a_fine_tune_of_a_retrained_source_is_moved_aside_not_refused(tmp_path):
+    from lib.train import train
+
+    src = train(_ft_cfg(), "baseline", tmp_path / "baseline", progress=False).parent
+    ft = train(_ft_cfg(), "s2dm", tmp_path / "pretrained" / "s2dm", progress=False, init_from=str(src)).parent
+    old_md5 = json.loads((ft / "run.json").read_text())["init_from"]["md5"]
+    shutil.rmtree(src)  # the baseline is retrained (here: another seed)
+    train(_ft_cfg(seed=1), "baseline", src, progress=False)
+    with pytest.warns(UserWarning, match="initial weights .* changed"):
+        train(_ft_cfg(), "s2dm", ft, progress=False, init_from=str(src))
+    rec = json.loads((ft / "run.json").read_text())["init_from"]
+    assert rec["md5"] == pretrained.file_md5(src / "final.pt") != old_md5
+    assert len(list((ft / "superseded").glob("*/final.pt"))) == 1
+    # another source is still refused: a folder holds one fine-tune
+    other = train(_ft_cfg(seed=2), "baseline", tmp_path / "other", progress=False).parent
+    from lib.infra.config import ConfigError
+    with pytest.raises(ConfigError, match="another --out"):
+        train(_ft_cfg(), "s2dm", ft, progress=False, init_from=str(other))
+
+
+def test_4_resuming_a_fine_tune_without_init_from_keeps_its_provenance(tmp_path):
+    from lib.train import train
+
+    src = train(_ft_cfg(), "baseline", tmp_path / "baseline", progress=False).parent
+    ft = train(_ft_cfg(), "s2dm", tmp_path / "ft", progress=False, init_from=str(src)).parent
+    rec = json.loads((ft / "run.json").read_text())["init_from"]
+    train(_ft_cfg(steps=3), "s2dm", ft, progress=False)  # an extension, resumed without --init-from
+    assert json.loads((ft / "run.json").read_text())["init_from"] == rec
+    train(_ft_cfg(steps=3), "s2dm", ft, progress=False, init_from=str(src))  # the right command is accepted

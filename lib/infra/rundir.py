@@ -174,6 +174,14 @@ def write_run_files(out: Path, cfg: Config, arm: str, code: dict, extra: dict):
                                                         indent=2))
 
 
+def kept_init(out: Path, init_record: dict | None, start: int) -> dict:
+    """run.json's ``init_from`` entry: this start's record, else (a resumed fine-tune, started without
+    --init-from) the one run.json already holds, since the checkpoint it resumes carries those weights."""
+    if init_record is None and start > 0:
+        init_record = (read_json(out / "run.json") or {}).get("init_from")
+    return {"init_from": init_record} if init_record else {}
+
+
 # ---------------------------------------------------------------------------- checkpoint provenance
 def seed(src_run, dst_run) -> int:
     """Copy the newest checkpoint of ``src_run`` into ``dst_run`` as the start of a fine-tune (recorded
