@@ -29,6 +29,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     import papermill as pm
     from nbconvert import HTMLExporter
 
+    root = Path(root).resolve() if root else None  # the kernel runs in notebooks/: hand it an absolute root
     P = paths.Paths(profile, root)
     out_dir = P.published_figures
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,9 +59,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     if html:
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(final, as_version=4))
         (out_dir / (nb.stem + ".html")).write_text(body)
-    marker = P.runs / ".notebooks" / f"{nb.stem}.done"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{final}\n")
+    paths.write_notebook_marker(P, nb.stem, t0 - 2)  # 2 s: coarse file-system clocks
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)
     return final
 
@@ -81,7 +80,7 @@ def main():
     p.add_argument("--root", type=Path, default=None, help="output root instead of the repository (tests)")
     p.add_argument("--no-html", action="store_true")
     a = p.parse_args()
-    run(a.notebook.resolve(), a.profile, a.root, html=not a.no_html)
+    run(a.notebook.resolve(), a.profile, a.root.resolve() if a.root else None, html=not a.no_html)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,50 @@ def test_4_resuming_a_fine_tune_without_init_from_keeps_its_provenance(tmp_path)
     train(_ft_cfg(steps=3), "s2dm", ft, progress=False)  # an extension, resumed without --init-from
     assert json.loads((ft / "run.json").read_text())["init_from"] == rec
     train(_ft_cfg(steps=3), "s2dm", ft, progress=False, init_from=str(src))  # the right command is accepted
+
+
+# ---------------------------------------------------------------------------- 5. a relative output root
+def test_5_a_relative_output_root_is_resolved_once_in_the_caller(tmp_path, monkeypatch):
+    from lib.experiment import runs
+    from lib.infra.paths import Paths
+
+    monkeypatch.chdir(tmp_path)
+    P = Paths("ci", "relout")
+    assert P.root == tmp_path / "relout" and P.runs.is_relative_to(tmp_path / "relout")
+    monkeypatch.chdir("/")  # a worker runs elsewhere (lib.infra.processes: from the repository)
+    assert P.run("images/s2dm") == tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm"
+    job = runs.Job(get_config("ci"), "s2dm", runs.image_run(P, "s2dm"))
+    cmd = runs.command_line(job)
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm")
+
+
+def test_5_make_hands_run_notebook_an_absolute_root():
+    import subprocess
+
+    from lib.infra.paths import ROOT
+    r = subprocess.run(["make", "-n", "--no-print-directory", "PROFILE=ci", "ROOT_OUT=relout", "PY=python",
+                        "relout/figures/ci/01_noise_schedule.ipynb"], cwd=ROOT, capture_output=True, text=True)
+    assert f"--root {ROOT / 'relout'}" in r.stdout, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------- 9. notebook 03 re-runs when its runs go
+def test_9_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
+    import subprocess
+    import time
+
+    from lib.infra.paths import ROOT, Paths, write_notebook_marker
+    P = Paths("ci", tmp_path)
+    t0 = time.time() - 2
+    (P.runs / "images" / "s2dm").mkdir(parents=True)
+    (P.runs / "images" / "s2dm" / "final.pt").write_text("x")
+    marker = write_notebook_marker(P, "03_train", t0)
+    assert marker.read_text().split() == ["images"]
+    assert write_notebook_marker(P, "03_train", time.time() + 5).read_text().split() == ["images"]  # kept on re-runs
+    executed = tmp_path / "figures" / "ci" / "03_train.ipynb"
+    executed.parent.mkdir(parents=True)
+    executed.write_text("{}")  # newer than every source
+    args = ["make", "--no-print-directory", "-q", "PROFILE=ci", f"ROOT_OUT={tmp_path}", f"PY={ROOT}/.venv/bin/python",
+            str(executed)]
+    assert subprocess.run(args, cwd=ROOT).returncode == 0  # up to date
+    shutil.rmtree(P.runs / "images")  # data/runs/ci/images deleted, the marker kept
+    assert subprocess.run(args, cwd=ROOT).returncode == 1  # out of date: make re-runs 03

@@ -43,7 +43,9 @@ def n_workers(requested: int, n_jobs: int) -> int:
 
 def run_parallel(commands: dict, workers: int, progress: bool = True, describe=str) -> list[str]:
     """Run {key: argv} with at most ``workers`` at a time, in the given order. A failure does not stop
-    the others; returns one message per failed command (``describe(key)``, exit code, stderr tail)."""
+    the others; returns one message per failed command (``describe(key)``, exit code, stderr tail).
+    Workers run from the repository root: every path in a command must be absolute (the caller
+    resolves it, e.g. lib.infra.paths.Paths), or it would name another folder than the caller's."""
     queue, running, failures = list(commands), {}, []
     env = worker_env()
     while queue or running:
