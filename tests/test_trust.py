@@ -167,3 +167,51 @@ def test_9_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
     assert subprocess.run(args, cwd=ROOT).returncode == 0  # up to date
     shutil.rmtree(P.runs / "images")  # data/runs/ci/images deleted, the marker kept
     assert subprocess.run(args, cwd=ROOT).returncode == 1  # out of date: make re-runs 03
+
+
+# ---------------------------------------------------------------------------- 6. a full disk, whatever raises it
+def _torch_disk_full(*a, **k):
+    raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: "
+                       "PytorchStreamWriter failed writing file data/0: file write failed (No space left on device)")
+
+
+def test_6_torch_s_runtime_error_is_a_disk_full_line(tmp_path, monkeypatch):
+    from lib.infra import checkpoint as ckpt
+
+    monkeypatch.setattr(torch, "save", _torch_disk_full)
+    with pytest.raises(ckpt.DiskFull, match="Free space there"):
+        ckpt.atomic_save({"w": torch.zeros(3)}, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_6_a_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch, capsys):
+    from lib import train as T
+
+    monkeypatch.setattr(torch, "save", _torch_disk_full)
+    assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path / "r"), "--quiet",
+                   "--set", "train.steps=2", "--set", "train.ckpt_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_6_generate_refuses_a_disk_too_small_before_sampling(ci_run, tmp_path, monkeypatch, capsys):
+    import collections
+
+    from lib import generate
+    from lib.infra import checkpoint as ckpt
+
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: pytest.fail("sampled onto a full disk"))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    assert generate.main(["--run-dir", str(ci_run), "--out", str(tmp_path / "s.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space for the samples") and "Free" in err and err.count("\n") == 1
+
+
+def test_6_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monkeypatch, capsys):
+    from lib import generate
+
+    monkeypatch.setattr(torch, "save", _torch_disk_full)
+    assert generate.main(["--run-dir", str(ci_run), "--out", str(tmp_path / "s.pt"), "--quiet", "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left") and err.count("\n") == 1
