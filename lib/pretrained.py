@@ -482,22 +482,58 @@ def plan_for(profile: str) -> NotebookPlan:
 
 
 # ---------------------------------------------------------------------------- fetching (explicit only)
-def download(url: str, dest: Path, md5: str | None) -> Path:
+MIN_BYTES = {"torch": 1 << 20, "npz": 1 << 10}  # the smallest real file of each kind is far larger
+
+
+def download_problem(path: Path, kind: str | None, min_bytes: int | None = None) -> str | None:
+    """Why the file at ``path`` is not a ``kind`` file ('torch': a zip archive or a pickle, as torch.save
+    and TorchScript write; 'npz': a zip archive), or None. Where no checksum is published this is
+    what stands between an HTML error page and the installed weights: type (magic bytes) and size."""
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.lstrip()[:1] == b"<":
+        return f"it is an HTML/XML page ({size} bytes), not a file to install (an error page of the server?)"
+    need = MIN_BYTES.get(kind, 1) if min_bytes is None else min_bytes
+    if size < need:
+        return f"it has {size} bytes, fewer than the {need} a {kind or 'real'} file has at least"
+    if kind == "torch" and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        return "it is neither a zip archive nor a pickle (torch.save and TorchScript write one of them)"
+    if kind == "npz" and not zipfile.is_zipfile(path):
+        return "it is not a zip archive (.npz)"
+    return None
+
+
+def download(url: str, dest: Path, md5: str | None, kind: str | None = None, min_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``; installed only when complete (the announced
+    length), of the right checksum (``md5``) or at least of the right type and size (``kind``). A
+    partial or refused download is removed; every failure is one PretrainedMissing/PretrainedError line."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     print(f"downloading {url}\n  -> {dest}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            length = r.headers.get("Content-Length") if getattr(r, "headers", None) is not None else None
             for chunk in iter(lambda: r.read(1 << 20), b""):
                 f.write(chunk)
-    except OSError as e:
+        if length is not None and part.stat().st_size != int(length):
+            raise OSError(f"the transfer stopped after {part.stat().st_size} of {length} bytes")
+    except Exception as e:  # OSError, http.client.IncompleteRead, ValueError of a bad URL: one line each
         part.unlink(missing_ok=True)
-        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); with no network, download it on "
-                                f"another machine and place it at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
+        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); nothing was kept. Run the same "
+                                f"command again, or with no network download it on another machine and place it "
+                                f"at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
     got = file_md5(part)
     if md5 and got != md5:
         part.unlink(missing_ok=True)
         raise PretrainedError(f"{url} arrived with MD5 {got}, expected {md5}; nothing was kept, try again")
+    problem = None if md5 else download_problem(part, kind, min_bytes)
+    if problem:
+        part.unlink(missing_ok=True)
+        raise PretrainedError(f"{url} was not installed at {dest}: {problem}; nothing was kept. Try again later, or "
+                              f"download it by hand and place it there")
     part.replace(dest)
     return dest
 
@@ -515,7 +551,12 @@ def fetch(name: str, root=None) -> Path:
             raise PretrainedMissing(f"fetching {name} needs huggingface_hub (pip install huggingface_hub), or download "
                                     f"the folder {e['hub']} by hand into {dest}") from None
         if not (dest / "config.json").is_file():
-            snapshotdownload(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+            try:
+                snapshot_download(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+            except Exception as err:  # no network, unknown repository, hub errors: one line
+                raise PretrainedMissing(f"fetching {e['hub']} from the Hugging Face hub failed ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''}); run it again on a machine "
+                                        f"with network, or download the folder by hand into {dest}") from None
         return dest
     if e.get("manual"):
         if dest.is_file():

@@ -215,3 +215,73 @@ def test_6_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monke
     assert generate.main(["--run-dir", str(ci_run), "--out", str(tmp_path / "s.pt"), "--quiet", "-n", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- 7. downloads
+def test_7_an_html_error_page_is_not_installed(tmp_path):
+    page = tmp_path / "error.html"
+    page.write_text("<html>404 Not Found</html>")  # 27 bytes, served with status 200 by a broken mirror
+    for kind in ("torch", "npz"):
+        dest = tmp_path / "inst" / f"w.{kind}"
+        with pytest.raises(pretrained.PretrainedError, match="HTML"):
+            pretrained.download(page.as_uri(), dest, None, kind=kind)
+        assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"PK\x03\x04" + b"\0" * 60)
+    with pytest.raises(pretrained.PretrainedError, match="fewer than"):
+        pretrained.download(small.as_uri(), tmp_path / "inst" / "w.pt", None, kind="torch")
+
+
+def test_7_an_html_file_installed_earlier_is_fetched_again(tmp_path, capsys):
+    from lib.experiment import fetch
+
+    w = tmp_path / "inception-2015-12-05.pt"
+    w.write_text("<html>error</html>")
+    assert fetch._in_place(w, "torch") is False and not w.exists()
+    assert "downloading it again" in capsys.readouterr().err
+
+
+def test_7_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
+    import http.client
+    import io
+
+    class Cut(io.BytesIO):
+        headers = {"Content-Length": "3000000"}
+
+        def read(self, n=-1):
+            if self.tell() >= 1000:
+                raise http.client.IncompleteRead(b"", 2999000)
+            return super().read(1000)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", lambda *a, **k: Cut(b"PK" * 1500000))
+    dest = tmp_path / "w.pt"
+    with pytest.raises(pretrained.PretrainedMissing, match="IncompleteRead.*nothing was kept"):
+        pretrained.download("https://example.invalid/w.pt", dest, None, kind="torch")
+    assert list(tmp_path.iterdir()) == []
+
+    class Short(Cut):  # the server closes the connection early without an error
+        def read(self, n=-1):
+            return io.BytesIO.read(self, 1000) if self.tell() < 2000 else b""
+
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", lambda *a, **k: Short(b"PK" * 1500000))
+    with pytest.raises(pretrained.PretrainedMissing, match="stopped after 2000 of 3000000"):
+        pretrained.download("https://example.invalid/w.pt", dest, None, kind="torch")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_7_a_hub_fetch_without_network_is_one_line(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(pretrained.PretrainedMissing, match="with network"):
+        pretrained.fetch("google/ddpm-cifar10-32", tmp_path)
+    assert pretrained.main(["fetch", "google/ddpm-cifar10-32", "--root", str(tmp_path)]) == 2
