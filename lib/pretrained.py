@@ -129,12 +129,48 @@ def resolve(source, root=None) -> tuple[Path, str | None]:
 
 
 # ---------------------------------------------------------------------------- reading state dicts
+MAX_BYTES = 8 << 30  # the largest checkpoint read (the LSUN-256 DDIM checkpoints with optimiser state: ~2 GiB)
+
+
+def _check_archive(path: Path) -> None:
+    """Bound what reading ``path`` can allocate, from its metadata alone: torch.save stores zip members
+    uncompressed, so members that inflate (a zip bomb) or a total above :data:`MAX_BYTES` are refused."""
+    import zipfile
+
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise PretrainedError(f"{path} has {size / 2**30:.1f} GiB, more than the {MAX_BYTES / 2**30:.0f} GiB "
+                              "lib.pretrained reads (pretrained.MAX_BYTES); not a checkpoint of this UNet")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint (a damaged zip archive: {e}); the file "
+                              "may be truncated: delete it and fetch it again") from None
+    total = sum(m.file_size for m in members)
+    inflating = [m.filename for m in members if m.file_size > 2 * m.compress_size + (1 << 16)]
+    if inflating or total > max(2 * size, 1 << 20):
+        raise PretrainedError(f"{path}: its zip members claim {total} bytes from a {size}-byte file "
+                              f"(e.g. {(inflating or [members[0].filename])[0]!r}); torch.save never compresses, so "
+                              "this is not a checkpoint it wrote: delete it and fetch the file again")
+
+
 def _read(path: Path):
+    """``torch.load(weights_only=True)`` after the size bound; refused pickles and unreadable files are
+    one message of our own (torch's advice to load with weights_only=False is never the fix here)."""
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
-        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                              "the file may be truncated or not a checkpoint: delete it and fetch it again") from None
+        if isinstance(e, __import__("pickle").UnpicklingError) or "weights_only" in str(e):
+            raise PretrainedError(f"{path} holds Python objects other than tensors and plain containers, which "
+                                  "lib.pretrained refuses to unpickle (they could run code); convert it to a "
+                                  "state dict (torch.save(model.state_dict(), ...)) in the environment that made "
+                                  "it, or use the published file") from None
+        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}); the file may be "
+                              "truncated or not a checkpoint: delete it and fetch it again") from None
 
 
 def _strip_module(sd: dict) -> dict:
@@ -189,7 +225,56 @@ _DIFFUSERS_DEFAULTS = dict(act_fn="silu", time_embedding_type="positional", flip
                            time_embedding_dim=None, num_train_timesteps=None)
 
 
+# Every config.json field the mapping reads: its type and range, checked before anything is computed
+# from it (ranges generous: the largest public UNet2DModel configurations fit well inside them).
+_INT_FIELDS = dict(in_channels=(1, 64), out_channels=(1, 64), layers_per_block=(1, 16), norm_num_groups=(1, 1024),
+                   freq_shift=(0, 1), downsample_padding=(0, 1), mid_block_scale_factor=(1, 1))
+_MAX_WIDTH, _MAX_LEVELS, _MAX_SIZE = 4096, 8, 4096
+
+
+def _validate_diffusers_fields(c, where: Path) -> None:
+    """Type and range of every field :func:`_check_diffusers_config` reads; one PretrainedError naming
+    the first bad one (a crafted or truncated config.json never reaches arithmetic or allocation)."""
+    def bad(field, what):
+        raise PretrainedError(f"{where / 'config.json'}: field {field}={c.get(field)!r} must be {what}; fix the file "
+                              "or fetch the folder again")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(c, dict):
+        raise PretrainedError(f"{where / 'config.json'} holds a {type(c).__name__}, not a JSON object of settings")
+    for k in ("block_out_channels", "down_block_types", "up_block_types", "sample_size", "in_channels", "out_channels"):
+        if k not in c:
+            raise PretrainedError(f"{where / 'config.json'} has no field {k!r}: not a UNet2DModel configuration")
+    for k, (lo, hi) in _INT_FIELDS.items():
+        if k in c and not (is_int(c[k]) and lo <= c[k] <= hi):
+            bad(k, f"an integer in [{lo}, {hi}]")
+    w = c["block_out_channels"]
+    if not (isinstance(w, list) and 1 <= len(w) <= _MAX_LEVELS and all(is_int(x) and 1 <= x <= _MAX_WIDTH for x in w)):
+        bad("block_out_channels", f"a list of 1 to {_MAX_LEVELS} integers in [1, {_MAX_WIDTH}]")
+    for k in ("down_block_types", "up_block_types"):
+        if not (isinstance(c[k], list) and all(isinstance(x, str) for x in c[k])):
+            bad(k, "a list of block names")
+    size = c["sample_size"]
+    size = size[0] if isinstance(size, list) and size and len(set(map(repr, size))) == 1 else size
+    if not (is_int(size) and 1 <= size <= _MAX_SIZE):
+        bad("sample_size", f"an integer in [1, {_MAX_SIZE}] (or a square [h, w])")
+    for k in ("norm_eps", "dropout"):
+        if c.get(k) is not None and not (isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
+                                         and 0 <= c[k] < 1):
+            bad(k, "a number in [0, 1)")
+    for k in ("attention_head_dim", "time_embedding_dim", "attn_norm_num_groups"):
+        if c.get(k) is not None and not (is_int(c[k]) and 1 <= c[k] <= 4 * _MAX_WIDTH):
+            bad(k, f"null or an integer in [1, {4 * _MAX_WIDTH}]")
+    for k in ("_class_name", "act_fn", "time_embedding_type", "resnet_time_scale_shift", "class_embed_type",
+              "upsample_type", "downsample_type"):
+        if c.get(k) is not None and not isinstance(c[k], str):
+            bad(k, "a string")
+
+
 def _check_diffusers_config(c: dict, where: Path) -> tuple[ModelConfig, int]:
+    _validate_diffusers_fields(c, where)
     cls = c.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise PretrainedError(f"{where}: _class_name is {cls!r}; only diffusers' UNet2DModel maps onto this UNet")
@@ -321,11 +406,19 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
         sd, layout = _from_object(obj, path / "final.pt", entry)
         return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
     if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder
-        c = json.loads((path / "config.json").read_text())
+        try:
+            c = json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PretrainedError(f"{path / 'config.json'} is not valid JSON ({e}; a truncated download?): fetch the "
+                                  "folder again") from None
         cfg, groups = _check_diffusers_config(c, path)
         wf = _diffusers_weights(path)
         if wf.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise PretrainedError(f"{wf} is a .safetensors file and the package safetensors is not installed: "
+                                      "pip install -r requirements.txt (it pins safetensors)") from None
             try:
                 raw = load_file(str(wf))
             except Exception as e:
@@ -386,6 +479,13 @@ def _build(cfg: ModelConfig, groups) -> UNet:
 
 def _load_strict(model: torch.nn.Module, sd: dict, where) -> None:
     own = model.state_dict()
+    _check_fits(own, sd, where)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_fits(own: dict, sd: dict, where) -> None:
+    """The weights ``sd`` match the state dict ``own`` name for name and shape for shape (``own`` may
+    live on the meta device: a config claiming 8,192 channels is refused before it is allocated)."""
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
               if sd[k].shape != own[k].shape]
@@ -398,7 +498,6 @@ def _load_strict(model: torch.nn.Module, sd: dict, where) -> None:
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
         raise PretrainedError(f"the weights of {where} do not fit this architecture: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | None = None, root=None):
@@ -416,6 +515,8 @@ def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | Non
     elif resolution is not None and resolution != cfg.resolution:
         cfg = replace(cfg, resolution=resolution, attn_resolutions=tuple(r * resolution // cfg.resolution
                                                                          for r in cfg.attn_resolutions))
+    with torch.device("meta"):  # the architecture's names and shapes, without allocating it
+        _check_fits(_build(cfg, st["groups"]).state_dict(), st["state_dict"], st["path"])
     model = _build(cfg, st["groups"])
     _load_strict(model, st["state_dict"], st["path"])
     return model.to(device).eval(), cfg

@@ -285,3 +285,101 @@ def test_7_a_hub_fetch_without_network_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(pretrained.PretrainedMissing, match="with network"):
         pretrained.fetch("google/ddpm-cifar10-32", tmp_path)
     assert pretrained.main(["fetch", "google/ddpm-cifar10-32", "--root", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------------------- 8. crafted pretrained files
+def test_8_a_zip_bomb_is_refused_from_its_metadata(tmp_path, monkeypatch):
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MiB of zeros from a ~64 KB file
+    assert bomb.stat().st_size < 1 << 20
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("inflated before the size check"))
+    with pytest.raises(pretrained.PretrainedError, match="torch.save never compresses"):
+        pretrained.load_unet(str(bomb))
+
+
+def test_8_a_state_dict_claiming_huge_channels_is_refused_before_allocating(tmp_path, monkeypatch):
+    sd = {"conv_in.weight": torch.zeros(8192, 3, 3, 3), "conv_out.weight": torch.zeros(3, 8192, 3, 3),
+          "down.0.block.0.conv1.weight": torch.zeros(8192, 1, 1, 1), "down.0.attn.0.q.weight": torch.zeros(1)}
+    torch.save(sd, tmp_path / "crafted.ckpt")
+    real_build = pretrained._build
+
+    def guarded(cfg, groups):
+        if torch.empty(0).device.type != "meta" and cfg.ch > 1024:
+            pytest.fail(f"allocated a {cfg.ch}-channel model before checking the weights")
+        return real_build(cfg, groups)
+
+    monkeypatch.setattr(pretrained, "_build", guarded)
+    with pytest.raises(pretrained.PretrainedError, match="do not fit"):
+        pretrained.load_unet(str(tmp_path / "crafted.ckpt"))
+
+
+GOOD_CONFIG = dict(_class_name="UNet2DModel", sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                   block_out_channels=[128, 256, 256, 256],
+                   down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                   up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], freq_shift=1,
+                   flip_sin_to_cos=False, downsample_padding=0, norm_eps=1e-6, norm_num_groups=32,
+                   attention_head_dim=None, dropout=0.0)
+BAD_CONFIGS = [
+    ('{"sample_size": 32, "in_ch', "not valid JSON"),  # a truncated download
+    ("[1, 2, 3]", "not a JSON object"),
+    (dict(GOOD_CONFIG, block_out_channels="abc"), "block_out_channels"),
+    (dict(GOOD_CONFIG, block_out_channels=[128, "x", 256, 256]), "block_out_channels"),
+    (dict(GOOD_CONFIG, block_out_channels=[1 << 20] * 4), "block_out_channels"),
+    (dict(GOOD_CONFIG, block_out_channels=[]), "block_out_channels"),
+    (dict(GOOD_CONFIG, sample_size=-1), "sample_size"),
+    (dict(GOOD_CONFIG, sample_size="32"), "sample_size"),
+    (dict(GOOD_CONFIG, in_channels=3.5), "in_channels"),
+    (dict(GOOD_CONFIG, layers_per_block="2"), "layers_per_block"),
+    (dict(GOOD_CONFIG, layers_per_block=10**9), "layers_per_block"),
+    (dict(GOOD_CONFIG, down_block_types=5), "down_block_types"),
+    (dict(GOOD_CONFIG, up_block_types=[None] * 4), "up_block_types"),
+    (dict(GOOD_CONFIG, norm_eps="x"), "norm_eps"),
+    (dict(GOOD_CONFIG, attention_head_dim=[8]), "attention_head_dim"),
+    (dict(GOOD_CONFIG, dropout=[0.1]), "dropout"),
+    ({k: v for k, v in GOOD_CONFIG.items() if k != "block_out_channels"}, "no field 'block_out_channels'"),
+]
+
+
+@pytest.mark.parametrize("config,match", BAD_CONFIGS, ids=[str(i) for i in range(len(BAD_CONFIGS))])
+def test_8_malformed_diffusers_configs_are_one_line(tmp_path, config, match):
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(pretrained.PretrainedError, match=match) as e:
+        pretrained.load_unet(str(folder))
+    assert "config.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_8_safetensors_without_the_package_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 16)
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(pretrained.PretrainedError, match="pip install -r requirements.txt"):
+        pretrained.load_unet(str(folder))
+    from lib.infra.paths import ROOT
+    assert "safetensors==" in (ROOT / "requirements.txt").read_text()
+
+
+# ---------------------------------------------------------------------------- 9. messages
+class _Foreign:  # a class torch's weights_only unpickler refuses
+    pass
+
+
+def test_9_a_refused_pickle_is_our_message_not_torch_s_advice(tmp_path):
+    from lib.infra import checkpoint as ckpt
+
+    torch.save({"w": torch.zeros(2), "x": _Foreign()}, tmp_path / "foreign.pt")
+    for load, err in ((pretrained.load_unet, pretrained.PretrainedError), (ckpt.safe_load, ckpt.CheckpointError)):
+        with pytest.raises(err) as e:
+            load(tmp_path / "foreign.pt")
+        msg = str(e.value)
+        assert "could run code" in msg and "weights_only=False" not in msg and str(tmp_path / "foreign.pt") in msg

@@ -149,6 +149,10 @@ def safe_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for torn zip archives
+        if "weights_only" in str(e):  # a refused pickle: torch's advice (weights_only=False) is never the fix
+            raise CheckpointError(f"checkpoint {path} holds Python objects other than tensors and plain containers, "
+                                  f"which are not unpickled (they could run code): it was not written by this "
+                                  f"project. Delete it (an earlier checkpoint is used), or train again.") from None
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}). "
                               f"Delete it to fall back to an earlier checkpoint.") from e
 
