@@ -553,10 +553,20 @@ def _truncate_log(path: Path, upto: int):
     """Keep only the log rows of steps <= ``upto`` (a resumed run rewrites what follows)."""
     if not path.exists():
         return
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    with open(path) as f:  # a torn last row (killed mid-append) or a foreign row is dropped
+        rows = [r for r in csv.DictReader(f) if _log_row_ok(r) and int(r["step"]) <= upto]
     ckpt.atomic_write_text(path, ",".join(LOG_FIELDS) + "\n" + "".join(
         ",".join(r[k] for k in LOG_FIELDS) + "\n" for r in rows))
+
+
+def _log_row_ok(r: dict) -> bool:
+    """A complete row of loss.csv (every field a number, the step an integer)."""
+    try:
+        [float(r[k]) for k in LOG_FIELDS]
+        int(r["step"])
+        return True
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _append_log(path: Path, row: dict):
@@ -569,9 +579,14 @@ def _append_log(path: Path, row: dict):
 
 def read_log(run_dir) -> dict[str, list[float]]:
     """``loss.csv`` as columns of floats."""
-    with open(Path(run_dir) / "loss.csv") as f:
+    path = Path(run_dir) / "loss.csv"
+    with open(path) as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
+    try:
+        return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
+    except (KeyError, TypeError, ValueError) as e:  # a torn or edited log: one line naming it
+        raise rundir.RunDirError(f"{path} is torn or not this project's log ({type(e).__name__}: {e}); run the "
+                                 f"training command again (it rewrites the log from its checkpoints' steps)") from None
 
 
 # ---------------------------------------------------------------------------- command line

@@ -54,11 +54,19 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = True) -> 
     finally:
         for k in (paths.STAGE_FOR, paths.STAGE_DIR):
             os.environ.pop(k, None)
-    publish(stage, out_dir)
+    # The export runs before anything is published, and the executed copy is put in place last: a failed
+    # export leaves the notebook not done (make runs it again), with one line saying why.
+    try:
+        body = HTMLExporter().from_notebook_node(nbformat.read(partial, as_version=4))[0] if html else None
+        publish(stage, out_dir)
+        if body is not None:
+            (out_dir / (nb.stem + ".html")).write_text(body)
+    except Exception as e:
+        print(f"FAILED: notebook {nb.name} ran, but its HTML export failed ({type(e).__name__}: "
+              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); run it again (make does), or use "
+              f"--no-html; the executed run is {partial}", file=sys.stderr)
+        raise SystemExit(1)
     os.replace(partial, final)
-    if html:
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(final, as_version=4))
-        (out_dir / (nb.stem + ".html")).write_text(body)
     paths.write_notebook_marker(P, nb.stem, t0 - 2)  # 2 s: coarse file-system clocks
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)
     return final

@@ -383,3 +383,98 @@ def test_9_a_refused_pickle_is_our_message_not_torch_s_advice(tmp_path):
             load(tmp_path / "foreign.pt")
         msg = str(e.value)
         assert "could run code" in msg and "weights_only=False" not in msg and str(tmp_path / "foreign.pt") in msg
+
+
+def test_9_another_profile_on_a_run_folder_is_refused_with_the_differing_keys(ci_run, tmp_path):
+    from lib.infra.config import ConfigError
+    from lib.train import train
+
+    run = _copy(ci_run, tmp_path / "run")
+    with pytest.raises(ConfigError, match="profile 'ci', not 'cpu'.*model") as e:
+        train(get_config("cpu"), "baseline", run, progress=False)
+    assert "definition" not in str(e.value)
+    assert not (run / "superseded").exists() and (run / "final.pt").exists()  # nothing moved aside
+
+
+def test_9_a_torn_loss_csv_is_one_line_and_resume_drops_the_torn_row(ci_run, tmp_path, capsys):
+    from lib import train as T
+
+    run = _copy(ci_run, tmp_path / "run")
+    log = run / "loss.csv"
+    log.write_text(log.read_text() + "3,0.5")  # killed mid-append
+    with pytest.raises(rundir.RunDirError, match="loss.csv is torn"):
+        T.read_log(run)
+    assert T.main(["--profile", "ci", "--arm", "baseline", "--out", str(run), "--quiet", "--set", "train.steps=3",
+                   "--set", "train.ckpt_every=1", "--set", "train.log_every=1"]) == 0
+    assert T.read_log(run)["step"] == [1.0, 2.0, 3.0]
+
+
+def test_9_an_invalid_final_json_in_generate_is_one_line(ci_run, tmp_path, capsys):
+    from lib import generate
+
+    run = _copy(ci_run, tmp_path / "run")
+    (run / "final.json").write_text('{"step": 2, "arm"')
+    assert generate.main(["--run-dir", str(run), "--out", str(tmp_path / "s.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "final.json is not valid JSON" in err and err.count("\n") == 1
+
+
+def test_9_notebook_parameters_of_the_wrong_type_are_one_line():
+    from lib.infra.config import ConfigError
+    from lib.infra.paths import Paths
+
+    with pytest.raises(ValueError, match="root=5 must be a folder path"):
+        Paths("ci", 5)
+    with pytest.raises(ValueError, match="profile=3 must be a profile name"):
+        Paths(3)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        get_config(["ci"])
+
+
+def test_9_a_failed_html_export_publishes_nothing_and_stays_not_done(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import nbconvert
+    import nbformat
+
+    from lib.infra.paths import ROOT
+    spec = importlib.util.spec_from_file_location("run_notebook", ROOT / "scripts" / "run_notebook.py")
+    rn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rn)
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "ci"\nroot = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from lib.infra import paths\nfrom lib.experiment import report\n"
+        "report.save_table([{'a': 1}], paths.Paths(profile, root or None).figures, '99_table')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "99_probe.ipynb")
+
+    def broken(self, *a, **k):
+        raise RuntimeError("template not found")
+
+    monkeypatch.setattr(nbconvert.HTMLExporter, "from_notebook_node", broken)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    with pytest.raises(SystemExit) as e:
+        rn.run(tmp_path / "99_probe.ipynb", "ci", tmp_path / "out")
+    assert e.value.code == 1
+    figures = tmp_path / "out" / "figures" / "ci"
+    assert not (figures / "99_probe.ipynb").exists() and not (figures / "99_table.csv").exists()
+    err = capsys.readouterr().err
+    assert "HTML export failed" in err and "template not found" in err
+
+
+def test_9_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from lib.infra.paths import ROOT
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as when run as a script: bench/machine.py beside it
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "gpu_check", gc)  # dataclasses look their module up
+    spec.loader.exec_module(gc)
+    monkeypatch.setattr(gc, "run_sections", lambda *a, **k: pytest.fail("measured before checking --out"))
+    (tmp_path / "afile").write_text("")
+    assert gc.main(["--dry-run", "--out", str(tmp_path / "afile" / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1

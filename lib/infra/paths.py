@@ -24,6 +24,13 @@ class Paths:
     root: Path | None = None
 
     def __post_init__(self):
+        # The notebooks' papermill parameters arrive here: a wrong type is one line, not a TypeError deep inside.
+        if not isinstance(self.profile, str) or not self.profile:
+            raise ValueError(f"the notebook parameter profile={self.profile!r} must be a profile name (a string such "
+                             f"as 'ci'); pass it as -p profile ci")
+        if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
+            raise ValueError(f"the notebook parameter root={self.root!r} must be a folder path (a string), or empty "
+                             f"for the repository; pass it as -p root /path/to/outputs")
         # A relative root is resolved once, here, from the caller's folder: worker processes run from
         # the repository (lib.infra.processes), so every path handed to them must be absolute.
         if self.root:

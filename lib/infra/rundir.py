@@ -138,6 +138,10 @@ def check_reusable(out: Path, cfg: Config, arm: str, code: dict) -> str | None:
         old = load_json(out / "config.json").to_dict()
         diff = trajectory_diff(old, cfg.to_dict())
         if diff:
+            if old.get("profile") != cfg.profile:  # another profile is another run, not a changed definition
+                raise ConfigError(f"{out} holds a run of profile {old.get('profile')!r}, not {cfg.profile!r} (they "
+                                  f"differ in {', '.join(diff)}); train profile {cfg.profile!r} into another --out "
+                                  f"directory, or resume it with --profile {old.get('profile')}")
             if run is None or run.get("overrides") != profile_overrides(cfg):
                 raise ConfigError(f"{out} holds a run with a different configuration ({', '.join(diff)}); resume it "
                                   f"with the same settings, or train into a new --out directory")
