@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import pickle
 import re
 import sys
 import urllib.request
@@ -164,7 +165,7 @@ def _read(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
-        if isinstance(e, __import__("pickle").UnpicklingError) or "weights_only" in str(e):
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
             raise PretrainedError(f"{path} holds Python objects other than tensors and plain containers, which "
                                   "lib.pretrained refuses to unpickle (they could run code); convert it to a "
                                   "state dict (torch.save(model.state_dict(), ...)) in the environment that made "
