@@ -478,3 +478,11 @@ def test_9_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_pat
     assert gc.main(["--dry-run", "--out", str(tmp_path / "afile" / "results")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and err.count("\n") == 1
+
+
+def test_5_a_worker_command_with_a_relative_path_is_refused_before_it_starts():
+    import sys
+
+    from lib.infra import processes
+    with pytest.raises(ValueError, match="'relout/run' is relative"):
+        processes.run_parallel({"a": [sys.executable, "-m", "lib.train", "--out", "relout/run"]}, 1, progress=False)
