@@ -228,8 +228,8 @@ _DIFFUSERS_DEFAULTS = dict(act_fn="silu", time_embedding_type="positional", flip
 
 # Every config.json field the mapping reads: its type and range, checked before anything is computed
 # from it (ranges generous: the largest public UNet2DModel configurations fit well inside them).
-_INT_FIELDS = dict(in_channels=(1, 64), out_channels=(1, 64), layers_per_block=(1, 16), norm_num_groups=(1, 1024),
-                   freq_shift=(0, 1), downsample_padding=(0, 1), mid_block_scale_factor=(1, 1))
+# (freq_shift, downsample_padding, mid_block_scale_factor: compared for equality with _DIFFUSERS_FIXED.)
+_INT_FIELDS = dict(in_channels=(1, 64), out_channels=(1, 64), layers_per_block=(1, 16), norm_num_groups=(1, 1024))
 _MAX_WIDTH, _MAX_LEVELS, _MAX_SIZE = 4096, 8, 4096
 
 
