@@ -91,11 +91,13 @@ RUNS = $(if $(ROOT_OUT),$(ROOT_OUT)/,)data/runs/$(PROFILE)
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 notebooks: $(EXECUTED)
 $(OUT)/%.ipynb: notebooks/%.ipynb $(LIB) scripts/run_notebook.py
-	@$(PY) scripts/run_notebook.py $< --profile $(PROFILE) $(if $(ROOT_OUT),--root $(ROOT_OUT),)
+	@$(PY) scripts/run_notebook.py $< --profile $(PROFILE) $(if $(ROOT_OUT),--root $(abspath $(ROOT_OUT)),)
 # The notebooks that write under data/runs/<profile>/ run again when the marker run_notebook.py left
-# there is gone (data/runs deleted), however new their executed copy is.
+# there is gone (data/runs deleted), or a folder it names (data/runs/<profile>/images deleted), however new
+# their executed copy is (lib.infra.paths.write_notebook_marker).
 WRITES_RUNS := 03_train 04_sampler_sweeps 06_related_methods
-$(foreach n,$(WRITES_RUNS),$(if $(wildcard $(RUNS)/.notebooks/$(n).done),,$(eval $(OUT)/$(n).ipynb: FORCE)))
+RUNS_GONE = $(strip $(foreach d,$(shell cat "$(RUNS)/.notebooks/$(1).done" 2>/dev/null),$(if $(wildcard $(RUNS)/$(d)),,$(d))))
+$(foreach n,$(WRITES_RUNS),$(if $(and $(wildcard $(RUNS)/.notebooks/$(n).done),$(if $(call RUNS_GONE,$(n)),,ok)),,$(eval $(OUT)/$(n).ipynb: FORCE)))
 .PHONY: FORCE
 FORCE:
 # Data flow: 03 trains the models that 04, 06 and 07 read; 05 tabulates 04's measurements.

@@ -1127,6 +1127,12 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     out = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="gpu_check_dry_")) if a.dry_run else ROOT / "bench" / "results")
+    try:  # before minutes of measurements whose report could not be written
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        print(f"error: --out {out} cannot be written ({e.strerror or e}); choose a writable folder", file=sys.stderr)
+        return 2
     ctx = Ctx(a)
     name = "CPU (dry run)" if a.dry_run else torch.cuda.get_device_name(0)
     stem = out / f"gpu_check_{device_slug(a.dry_run)}"

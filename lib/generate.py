@@ -78,9 +78,9 @@ def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_st
     return x
 
 
-def check_destination(path) -> Path:
+def check_destination(path, need: int = 0) -> Path:
     """Fail before sampling (not after minutes of it) if ``path`` cannot be written: a directory, an
-    unwritable folder, a parent that is a file."""
+    unwritable folder, a parent that is a file, a disk without ``need`` bytes free."""
     import tempfile
 
     path = Path(path)
@@ -93,6 +93,7 @@ def check_destination(path) -> Path:
     except OSError as e:
         raise ValueError(f"--out {path} cannot be written ({e.strerror or e}: {e.filename or path.parent}); "
                          f"choose a writable location") from None
+    ckpt.check_free_space(path.parent, need, f"the samples {path}")
     return path
 
 
@@ -214,15 +215,24 @@ def main(argv=None) -> int:
         samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front
         m = cfg.model
         shape = (m.in_channels,) if m.kind == "mlp" else (m.in_channels, m.resolution, m.resolution)
+        # the file is known before sampling: refuse a disk that cannot take it (uint8 images, float32 toy points)
+        check_destination(a.out, need=n * (4 if m.kind == "mlp" else 1) * int(torch.Size(shape).numel()) + (1 << 20))
         info, t0 = {}, time.perf_counter()
         x = generate(model, schedule, shape, n, method=a.method, num_steps=a.steps, grid=grid,
                      batch_size=a.batch_size or s.batch_size, seed=s.seed if a.seed is None else a.seed,
                      device=device, progress=not a.quiet, info=info, **options)
-    except (FileNotFoundError, ValueError, ConfigError, ckpt.CheckpointError, FloatingPointError) as e:
+    except (FileNotFoundError, ValueError, ConfigError, ckpt.CheckpointError, FloatingPointError, rundir.RunDirError,
+            ckpt.DiskFull) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if rank == 0:
-        path = save_samples(x, a.out) if m.kind != "mlp" else ckpt.atomic_save(x.float(), a.out)
+        try:
+            path = save_samples(x, a.out) if m.kind != "mlp" else ckpt.atomic_save(x.float(), a.out)
+        except (ckpt.DiskFull, OSError) as e:  # the disk filled while sampling: the samples are seeded, so rerun
+            print(f"error: {e}" if isinstance(e, ckpt.DiskFull) else
+                  f"error: {a.out} cannot be written ({e.strerror or e}); choose another --out and run the same "
+                  f"command again (the samples are seeded: the same set comes out)", file=sys.stderr)
+            return 2
         print(f"{n} samples ({a.method}, S={a.steps}, {grid}, NFE {info['nfe']}/sample, {world} process(es), "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         print(path)

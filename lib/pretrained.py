@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import pickle
 import re
 import sys
 import urllib.request
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lib.infra.config import ModelConfig
+from lib.infra.config import ConfigError, ModelConfig
 from lib.infra.paths import ROOT
 from lib.unet import UNet
 
@@ -129,12 +130,48 @@ def resolve(source, root=None) -> tuple[Path, str | None]:
 
 
 # ---------------------------------------------------------------------------- reading state dicts
+MAX_BYTES = 8 << 30  # the largest checkpoint read (the LSUN-256 DDIM checkpoints with optimiser state: ~2 GiB)
+
+
+def _check_archive(path: Path) -> None:
+    """Bound what reading ``path`` can allocate, from its metadata alone: torch.save stores zip members
+    uncompressed, so members that inflate (a zip bomb) or a total above :data:`MAX_BYTES` are refused."""
+    import zipfile
+
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise PretrainedError(f"{path} has {size / 2**30:.1f} GiB, more than the {MAX_BYTES / 2**30:.0f} GiB "
+                              "lib.pretrained reads (pretrained.MAX_BYTES); not a checkpoint of this UNet")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint (a damaged zip archive: {e}); the file "
+                              "may be truncated: delete it and fetch it again") from None
+    total = sum(m.file_size for m in members)
+    inflating = [m.filename for m in members if m.file_size > 2 * m.compress_size + (1 << 16)]
+    if inflating or total > max(2 * size, 1 << 20):
+        raise PretrainedError(f"{path}: its zip members claim {total} bytes from a {size}-byte file "
+                              f"(e.g. {(inflating or [members[0].filename])[0]!r}); torch.save never compresses, so "
+                              "this is not a checkpoint it wrote: delete it and fetch the file again")
+
+
 def _read(path: Path):
+    """``torch.load(weights_only=True)`` after the size bound; refused pickles and unreadable files are
+    one message of our own (torch's advice to load with weights_only=False is never the fix here)."""
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
-        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                              "the file may be truncated or not a checkpoint: delete it and fetch it again") from None
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            raise PretrainedError(f"{path} holds Python objects other than tensors and plain containers, which "
+                                  "lib.pretrained refuses to unpickle (they could run code); convert it to a "
+                                  "state dict (torch.save(model.state_dict(), ...)) in the environment that made "
+                                  "it, or use the published file") from None
+        raise PretrainedError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}); the file may be "
+                              "truncated or not a checkpoint: delete it and fetch it again") from None
 
 
 def _strip_module(sd: dict) -> dict:
@@ -189,7 +226,56 @@ _DIFFUSERS_DEFAULTS = dict(act_fn="silu", time_embedding_type="positional", flip
                            time_embedding_dim=None, num_train_timesteps=None)
 
 
+# Every config.json field the mapping reads: its type and range, checked before anything is computed
+# from it (ranges generous: the largest public UNet2DModel configurations fit well inside them).
+# (freq_shift, downsample_padding, mid_block_scale_factor: compared for equality with _DIFFUSERS_FIXED.)
+_INT_FIELDS = dict(in_channels=(1, 64), out_channels=(1, 64), layers_per_block=(1, 16), norm_num_groups=(1, 1024))
+_MAX_WIDTH, _MAX_LEVELS, _MAX_SIZE = 4096, 8, 4096
+
+
+def _validate_diffusers_fields(c, where: Path) -> None:
+    """Type and range of every field :func:`_check_diffusers_config` reads; one PretrainedError naming
+    the first bad one (a crafted or truncated config.json never reaches arithmetic or allocation)."""
+    def bad(field, what):
+        raise PretrainedError(f"{where / 'config.json'}: field {field}={c.get(field)!r} must be {what}; fix the file "
+                              "or fetch the folder again")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(c, dict):
+        raise PretrainedError(f"{where / 'config.json'} holds a {type(c).__name__}, not a JSON object of settings")
+    for k in ("block_out_channels", "down_block_types", "up_block_types", "sample_size", "in_channels", "out_channels"):
+        if k not in c:
+            raise PretrainedError(f"{where / 'config.json'} has no field {k!r}: not a UNet2DModel configuration")
+    for k, (lo, hi) in _INT_FIELDS.items():
+        if k in c and not (is_int(c[k]) and lo <= c[k] <= hi):
+            bad(k, f"an integer in [{lo}, {hi}]")
+    w = c["block_out_channels"]
+    if not (isinstance(w, list) and 1 <= len(w) <= _MAX_LEVELS and all(is_int(x) and 1 <= x <= _MAX_WIDTH for x in w)):
+        bad("block_out_channels", f"a list of 1 to {_MAX_LEVELS} integers in [1, {_MAX_WIDTH}]")
+    for k in ("down_block_types", "up_block_types"):
+        if not (isinstance(c[k], list) and all(isinstance(x, str) for x in c[k])):
+            bad(k, "a list of block names")
+    size = c["sample_size"]
+    size = size[0] if isinstance(size, list) and size and len(set(map(repr, size))) == 1 else size
+    if not (is_int(size) and 1 <= size <= _MAX_SIZE):
+        bad("sample_size", f"an integer in [1, {_MAX_SIZE}] (or a square [h, w])")
+    for k in ("norm_eps", "dropout"):
+        if c.get(k) is not None and not (isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
+                                         and 0 <= c[k] < 1):
+            bad(k, "a number in [0, 1)")
+    for k in ("attention_head_dim", "time_embedding_dim", "attn_norm_num_groups"):
+        if c.get(k) is not None and not (is_int(c[k]) and 1 <= c[k] <= 4 * _MAX_WIDTH):
+            bad(k, f"null or an integer in [1, {4 * _MAX_WIDTH}]")
+    for k in ("_class_name", "act_fn", "time_embedding_type", "resnet_time_scale_shift", "class_embed_type",
+              "upsample_type", "downsample_type"):
+        if c.get(k) is not None and not isinstance(c[k], str):
+            bad(k, "a string")
+
+
 def _check_diffusers_config(c: dict, where: Path) -> tuple[ModelConfig, int]:
+    _validate_diffusers_fields(c, where)
     cls = c.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise PretrainedError(f"{where}: _class_name is {cls!r}; only diffusers' UNet2DModel maps onto this UNet")
@@ -290,6 +376,17 @@ def _attn_name(rest: str) -> str:
     return rest + "?"
 
 
+def _verified_run(path: Path):
+    """A lib.train run's config after lib.infra.rundir's final.json check (the one lib.generate applies)."""
+    from lib.infra import rundir
+    from lib.infra.checkpoint import CheckpointError
+
+    try:
+        return rundir.verified_final(path)[0]
+    except (CheckpointError, rundir.RunDirError, ConfigError) as e:
+        raise PretrainedError(str(e)) from None
+
+
 def load_state(source, *, entry: str = "ema", root=None) -> dict:
     """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
 
@@ -302,18 +399,27 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
     if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
         raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
                               "corrupt or another checkpoint; delete it and fetch it again")
+    if path.is_file() and path.name == "final.pt" and (path.parent / "run.json").is_file():
+        path = path.parent  # a run's final.pt is served only through the run's final.json check
     if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
-        from lib.infra.config import load_json
-        cfg = load_json(path / "config.json").model
+        cfg = _verified_run(path).model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
         return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
     if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder
-        c = json.loads((path / "config.json").read_text())
+        try:
+            c = json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PretrainedError(f"{path / 'config.json'} is not valid JSON ({e}; a truncated download?): fetch the "
+                                  "folder again") from None
         cfg, groups = _check_diffusers_config(c, path)
         wf = _diffusers_weights(path)
         if wf.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise PretrainedError(f"{wf} is a .safetensors file and the package safetensors is not installed: "
+                                      "pip install -r requirements.txt (it pins safetensors)") from None
             try:
                 raw = load_file(str(wf))
             except Exception as e:
@@ -374,6 +480,13 @@ def _build(cfg: ModelConfig, groups) -> UNet:
 
 def _load_strict(model: torch.nn.Module, sd: dict, where) -> None:
     own = model.state_dict()
+    _check_fits(own, sd, where)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _check_fits(own: dict, sd: dict, where) -> None:
+    """The weights ``sd`` match the state dict ``own`` name for name and shape for shape (``own`` may
+    live on the meta device: a config claiming 8,192 channels is refused before it is allocated)."""
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
               if sd[k].shape != own[k].shape]
@@ -386,7 +499,6 @@ def _load_strict(model: torch.nn.Module, sd: dict, where) -> None:
         if shapes:
             parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
         raise PretrainedError(f"the weights of {where} do not fit this architecture: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | None = None, root=None):
@@ -404,6 +516,8 @@ def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | Non
     elif resolution is not None and resolution != cfg.resolution:
         cfg = replace(cfg, resolution=resolution, attn_resolutions=tuple(r * resolution // cfg.resolution
                                                                          for r in cfg.attn_resolutions))
+    with torch.device("meta"):  # the architecture's names and shapes, without allocating it
+        _check_fits(_build(cfg, st["groups"]).state_dict(), st["state_dict"], st["path"])
     model = _build(cfg, st["groups"])
     _load_strict(model, st["state_dict"], st["path"])
     return model.to(device).eval(), cfg
@@ -470,22 +584,58 @@ def plan_for(profile: str) -> NotebookPlan:
 
 
 # ---------------------------------------------------------------------------- fetching (explicit only)
-def download(url: str, dest: Path, md5: str | None) -> Path:
+MIN_BYTES = {"torch": 1 << 20, "npz": 1 << 10}  # the smallest real file of each kind is far larger
+
+
+def download_problem(path: Path, kind: str | None, min_bytes: int | None = None) -> str | None:
+    """Why the file at ``path`` is not a ``kind`` file ('torch': a zip archive or a pickle, as torch.save
+    and TorchScript write; 'npz': a zip archive), or None. Where no checksum is published this is
+    what stands between an HTML error page and the installed weights: type (magic bytes) and size."""
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.lstrip()[:1] == b"<":
+        return f"it is an HTML/XML page ({size} bytes), not a file to install (an error page of the server?)"
+    need = MIN_BYTES.get(kind, 1) if min_bytes is None else min_bytes
+    if size < need:
+        return f"it has {size} bytes, fewer than the {need} a {kind or 'real'} file has at least"
+    if kind == "torch" and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        return "it is neither a zip archive nor a pickle (torch.save and TorchScript write one of them)"
+    if kind == "npz" and not zipfile.is_zipfile(path):
+        return "it is not a zip archive (.npz)"
+    return None
+
+
+def download(url: str, dest: Path, md5: str | None, kind: str | None = None, min_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``; installed only when complete (the announced
+    length), of the right checksum (``md5``) or at least of the right type and size (``kind``). A
+    partial or refused download is removed; every failure is one PretrainedMissing/PretrainedError line."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     print(f"downloading {url}\n  -> {dest}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            length = r.headers.get("Content-Length") if getattr(r, "headers", None) is not None else None
             for chunk in iter(lambda: r.read(1 << 20), b""):
                 f.write(chunk)
-    except OSError as e:
+        if length is not None and part.stat().st_size != int(length):
+            raise OSError(f"the transfer stopped after {part.stat().st_size} of {length} bytes")
+    except Exception as e:  # OSError, http.client.IncompleteRead, ValueError of a bad URL: one line each
         part.unlink(missing_ok=True)
-        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); with no network, download it on "
-                                f"another machine and place it at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
+        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); nothing was kept. Run the same "
+                                f"command again, or with no network download it on another machine and place it "
+                                f"at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
     got = file_md5(part)
     if md5 and got != md5:
         part.unlink(missing_ok=True)
         raise PretrainedError(f"{url} arrived with MD5 {got}, expected {md5}; nothing was kept, try again")
+    problem = None if md5 else download_problem(part, kind, min_bytes)
+    if problem:
+        part.unlink(missing_ok=True)
+        raise PretrainedError(f"{url} was not installed at {dest}: {problem}; nothing was kept. Try again later, or "
+                              f"download it by hand and place it there")
     part.replace(dest)
     return dest
 
@@ -503,7 +653,12 @@ def fetch(name: str, root=None) -> Path:
             raise PretrainedMissing(f"fetching {name} needs huggingface_hub (pip install huggingface_hub), or download "
                                     f"the folder {e['hub']} by hand into {dest}") from None
         if not (dest / "config.json").is_file():
-            snapshotdownload(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+            try:
+                snapshot_download(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
+            except Exception as err:  # no network, unknown repository, hub errors: one line
+                raise PretrainedMissing(f"fetching {e['hub']} from the Hugging Face hub failed ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''}); run it again on a machine "
+                                        f"with network, or download the folder by hand into {dest}") from None
         return dest
     if e.get("manual"):
         if dest.is_file():

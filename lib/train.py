@@ -481,7 +481,9 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {world} processes")
     code = training_code(cfg.model.kind, arm)
     with _claimed(out, rank, world):
-        _same_init(out, init_from)
+        moved = _same_init(out, init_from)
+        if moved:  # its source was retrained: the fine-tune is superseded (moved aside), as a stale run is
+            _on_rank0(lambda: rundir.supersede(out, moved) and None, rank, world)
         # 1. the directory: this run's, finished, stale (moved aside) or another run's (refused)
         if _on_rank0(lambda: _prepare(out, cfg, arm, code), rank, world):
             return out / "final.pt"
@@ -492,7 +494,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
             rundir.write_run_files(out, cfg, arm, code, {
                 "world_size": world, "device": str(st.device), "torch": torch.__version__,
                 "python": platform.python_version(), "command": " ".join(sys.argv),
-                **({"init_from": st.init_record} if st.init_record else {})})
+                **rundir.kept_init(out, st.init_record, start)})
             _truncate_log(out / "loss.csv", start)
         # 3. the loop
         _wrap(st, t, world)
@@ -522,14 +524,18 @@ def _init_from(model, source):
     return init_weights(model, source)
 
 
-def _same_init(out: Path, source):
-    """A run directory holds one fine-tune: refuse to continue (or return) it from other initial weights."""
+def _same_init(out: Path, source) -> str | None:
+    """A run directory holds one fine-tune: refuse to continue (or return) it from other initial weights.
+    Returns why it is superseded when its source (the same path or name) now holds other weights."""
     recorded = (rundir.read_json(out / "run.json") or {}).get("init_from")
     if source is None or not (out / "run.json").exists():
-        return
+        return None
     from lib.pretrained import file_md5, load_state
 
     md5 = file_md5(load_state(source)["path"])  # the weights file init_weights records
+    if recorded is not None and recorded.get("md5") != md5 and recorded.get("source") == str(source):
+        return (f"its initial weights {source} changed since it was fine-tuned (MD5 {recorded.get('md5')} then, "
+                f"{md5} now)")
     if recorded is None or recorded.get("md5") != md5:
         was = f"{recorded['source']} (MD5 {recorded['md5']})" if recorded else "its own random initialisation"
         raise ConfigError(f"{out} holds a run started from {was}, not from {source} (MD5 {md5}); "
@@ -547,10 +553,20 @@ def _truncate_log(path: Path, upto: int):
     """Keep only the log rows of steps <= ``upto`` (a resumed run rewrites what follows)."""
     if not path.exists():
         return
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    with open(path) as f:  # a torn last row (killed mid-append) or a foreign row is dropped
+        rows = [r for r in csv.DictReader(f) if _log_row_ok(r) and int(r["step"]) <= upto]
     ckpt.atomic_write_text(path, ",".join(LOG_FIELDS) + "\n" + "".join(
         ",".join(r[k] for k in LOG_FIELDS) + "\n" for r in rows))
+
+
+def _log_row_ok(r: dict) -> bool:
+    """A complete row of loss.csv (every field a number, the step an integer)."""
+    try:
+        [float(r[k]) for k in LOG_FIELDS]
+        int(r["step"])
+        return True
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _append_log(path: Path, row: dict):
@@ -563,9 +579,14 @@ def _append_log(path: Path, row: dict):
 
 def read_log(run_dir) -> dict[str, list[float]]:
     """``loss.csv`` as columns of floats."""
-    with open(Path(run_dir) / "loss.csv") as f:
+    path = Path(run_dir) / "loss.csv"
+    with open(path) as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
+    try:
+        return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
+    except (KeyError, TypeError, ValueError) as e:  # a torn or edited log: one line naming it
+        raise rundir.RunDirError(f"{path} is torn or not this project's log ({type(e).__name__}: {e}); run the "
+                                 f"training command again (it rewrites the log from its checkpoints' steps)") from None
 
 
 # ---------------------------------------------------------------------------- command line

@@ -61,6 +61,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
     import papermill as pm
     from nbconvert import HTMLExporter
 
+    root = Path(root).resolve() if root else None  # the kernel runs in notebooks/: hand it an absolute root
     P = paths.Paths(profile, root)
     out_dir = P.published_figures
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,14 +94,20 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
             new = _relink(new)
         if new != text:
             f.write_text(new, encoding="utf-8")
-    publish(stage, out_dir)
+    # The export runs before anything is published, and the executed copy is put in place last: a failed
+    # export leaves the notebook not done (make runs it again), with one line saying why.
+    try:
+        body = HTMLExporter().from_notebook_node(nbformat.read(partial, as_version=4))[0] if html else None
+        publish(stage, out_dir)
+        if body is not None:
+            (out_dir / (nb.stem + ".html")).write_text(body)
+    except Exception as e:
+        print(f"FAILED: notebook {nb.name} ran, but its HTML export failed ({type(e).__name__}: "
+              f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); run it again (make does), or leave "
+              f"out --html; the executed run is {partial}", file=sys.stderr)
+        raise SystemExit(1)
     os.replace(partial, final)
-    if html:
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(final, as_version=4))
-        (out_dir / (nb.stem + ".html")).write_text(body)
-    marker = P.runs / ".notebooks" / f"{nb.stem}.done"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{final}\n")
+    paths.write_notebook_marker(P, nb.stem, t0 - 2)  # 2 s: coarse file-system clocks
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)
     return final
 
@@ -122,7 +129,7 @@ def main():
     p.add_argument("--html", action="store_true", help="also export the executed notebook to HTML")
     p.add_argument("--no-html", action="store_true", help="the default (kept for older callers)")
     a = p.parse_args()
-    run(a.notebook.resolve(), a.profile, a.root, html=a.html and not a.no_html)
+    run(a.notebook.resolve(), a.profile, a.root.resolve() if a.root else None, html=a.html and not a.no_html)
 
 
 if __name__ == "__main__":

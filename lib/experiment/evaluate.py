@@ -98,7 +98,7 @@ def samples_path(paths: Paths, cfg: Config, arm: str, method: str, steps: int, s
 
 def load_features(paths: Paths, cfg: Config, arm: str, method: str, steps: int, seed: int = 0,
                   producer: str = "04_sampler_sweeps") -> np.ndarray:
-    return np.load(paths.require(features_path(paths, cfg, arm, method, steps, seed), producer))
+    return read_array(paths.require(features_path(paths, cfg, arm, method, steps, seed), producer), producer)
 
 
 def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str, steps: int, *, seed: int = 0,
@@ -141,6 +141,25 @@ def save_reference(ev: ImageEvaluator) -> Path:
     return p
 
 
+def read_array(path: Path, producer: str):
+    """An .npy array, or an .npz's arrays as a dict, written by this project: no pickles are read, and
+    a foreign, torn or garbage file is one line naming it and the notebook that writes it again."""
+    try:
+        obj = np.load(path, allow_pickle=False)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            with obj:
+                return {k: obj[k] for k in obj.files}
+        return obj
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable array file written by this project ({type(e).__name__}); "
+                         f"delete it and run notebook {producer} again") from None
+
+
 def load_reference(paths: Paths):
-    with np.load(paths.require(paths.runs / "features" / "reference.npz", "04_sampler_sweeps")) as f:
-        return f["features"] if "features" in f else (f["mu"], f["sigma"])
+    f = read_array(paths.require(paths.runs / "features" / "reference.npz", "04_sampler_sweeps"), "04_sampler_sweeps")
+    if "features" in f:
+        return f["features"]
+    if "mu" in f and "sigma" in f:
+        return f["mu"], f["sigma"]
+    raise ValueError(f"{paths.runs / 'features' / 'reference.npz'} holds neither features nor mu/sigma; delete it "
+                     f"and run notebook 04_sampler_sweeps again")

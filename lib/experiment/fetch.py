@@ -18,6 +18,18 @@ from lib.infra.paths import ROOT
 from lib.measure import fid
 
 
+def _in_place(path: Path, kind: str) -> bool:
+    """True when ``path`` holds a file of ``kind``; one that is not (an HTML page installed by an earlier
+    version) is removed, saying so, and fetched again."""
+    if not path.is_file():
+        return False
+    problem = pretrained.download_problem(path, kind)
+    if problem:
+        print(f"{path}: {problem}; removing it and downloading it again", file=sys.stderr)
+        path.unlink()
+    return problem is None
+
+
 def fetch_profile(profile: str, root=None) -> list[str]:
     """Everything a profile needs on a machine with network (``make fetch PROFILE=gpu``): CIFAR-10, clean-fid's
     Inception weights and CIFAR-10 training statistics, and the DDPM CIFAR-10 EMA checkpoint."""
@@ -28,19 +40,16 @@ def fetch_profile(profile: str, root=None) -> list[str]:
         data.load_cifar10(Path(root or ROOT) / cfg.data.root, download=True)
         done.append(f"CIFAR-10 in {folder} (torchvision checks the tarball's MD5)")
     if cfg.eval.metric == "inception":
-        try:
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
-        except fid.FIDWeightsMissing:
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train",
-                                      need_weights=False, need_stats=False)
-            w = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
-            if not w.is_file():
-                pretrained.download(fid.INCEPTION_URL, w, None)
-            name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
-            s = Path(fid.STATS_DIR) / name
-            if not s.is_file():
-                pretrained.download(fid.STATS_URL + name, s, None)
-            paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
+        fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train",
+                          need_weights=False, need_stats=False)  # the mode is known
+        w = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
+        if not _in_place(w, "torch"):
+            pretrained.download(fid.INCEPTION_URL, w, None, kind="torch")
+        name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
+        s = Path(fid.STATS_DIR) / name
+        if not _in_place(s, "npz"):
+            pretrained.download(fid.STATS_URL + name, s, None, kind="npz")
+        paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
         done += [f"{k}: {v} (MD5 {pretrained.file_md5(v)}; clean-fid publishes no checksum to compare with)" for k, v in paths.items()]
     if cfg.data.dataset == "cifar10":
         p = pretrained.fetch("ema_cifar10", root)

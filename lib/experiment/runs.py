@@ -161,7 +161,7 @@ def command_line(job: Job) -> list[str] | None:
         return None
     if rebuilt.to_dict() != job.cfg.to_dict():
         return None
-    cmd = [sys.executable, "-m", "lib.train", "--profile", job.cfg.profile, "--arm", job.arm, "--out", str(job.out),
+    cmd = [sys.executable, "-m", "lib.train", "--profile", job.cfg.profile, "--arm", job.arm, "--out", str(job.out.resolve()),
            "--quiet"]
     cmd += ["--toy"] if job.toy else []
     for s in sets:

@@ -71,7 +71,7 @@ def atomic_write_bytes(path, write_fn, size_hint: int | None = None) -> Path:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if is_disk_full(e):
             free = shutil.disk_usage(path.parent).free
             need = max(size_hint or 0, written)
             raise DiskFull(errno.ENOSPC, f"no space left on the disk {_mount(path.parent)} while writing {path}: "
@@ -80,6 +80,28 @@ def atomic_write_bytes(path, write_fn, size_hint: int | None = None) -> Path:
                                          f"command again (training resumes from its last checkpoint).") from None
         raise
     return path
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A full disk, whatever exception carries it: an OSError with ENOSPC, or (torch.save, zip writers)
+    a RuntimeError whose text or cause says "No space left on device" / errno 28."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "No space left on device" in text or "errno 28" in text.lower() or "error code 28" in text.lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def check_free_space(folder, need: int, what: str) -> None:
+    """Refuse (DiskFull) before minutes of work whose result of ``need`` bytes cannot be stored in ``folder``."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DiskFull(errno.ENOSPC, f"no space for {what} on the disk {_mount(Path(folder))}: it needs about "
+                                     f"{_mb(need)}, {_mb(free)} are free. Free {_mb(need - free)} or more there, or "
+                                     f"write it elsewhere, and run the same command again.")
 
 
 def _tensor_bytes(obj) -> int:
@@ -127,6 +149,10 @@ def safe_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for torn zip archives
+        if "weights_only" in str(e):  # a refused pickle: torch's advice (weights_only=False) is never the fix
+            raise CheckpointError(f"checkpoint {path} holds Python objects other than tensors and plain containers, "
+                                  f"which are not unpickled (they could run code): it was not written by this "
+                                  f"project. Delete it (an earlier checkpoint is used), or train again.") from None
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}). "
                               f"Delete it to fall back to an earlier checkpoint.") from e
 

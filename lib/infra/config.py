@@ -404,7 +404,7 @@ def toy_config(cfg: Config) -> Config:
 # ---------------------------------------------------------------------------- entry points
 def get_config(profile: str = "cpu", overrides=None) -> Config:
     """The named profile with ``overrides`` applied (see :func:`with_overrides`)."""
-    if profile not in PROFILES:
+    if not isinstance(profile, str) or profile not in PROFILES:  # a notebook parameter may be of any type
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     return with_overrides(validate(PROFILES[profile]()), overrides)
 

@@ -23,6 +23,19 @@ class Paths:
     profile: str
     root: Path | None = None
 
+    def __post_init__(self):
+        # The notebooks' papermill parameters arrive here: a wrong type is one line, not a TypeError deep inside.
+        if not isinstance(self.profile, str) or not self.profile:
+            raise ValueError(f"the notebook parameter profile={self.profile!r} must be a profile name (a string such "
+                             f"as 'ci'); pass it as -p profile ci")
+        if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
+            raise ValueError(f"the notebook parameter root={self.root!r} must be a folder path (a string), or empty "
+                             f"for the repository; pass it as -p root /path/to/outputs")
+        # A relative root is resolved once, here, from the caller's folder: worker processes run from
+        # the repository (lib.infra.processes), so every path handed to them must be absolute.
+        if self.root:
+            object.__setattr__(self, "root", Path(self.root).resolve())
+
     @property
     def base(self) -> Path:
         return Path(self.root) if self.root else ROOT
@@ -60,3 +73,18 @@ class Paths:
             raise FileNotFoundError(f"{path} is missing: run notebook {producer} first at profile "
                                     f"{self.profile!r} (make reproduce does this in order)")
         return Path(path)
+
+
+def write_notebook_marker(P: Paths, notebook: str, since: float) -> Path:
+    """``data/runs/<profile>/.notebooks/<notebook>.done``: one line naming the folders of ``P.runs`` the
+    notebook wrote (a file modified since ``since``, or named by its previous marker and still there).
+    The Makefile runs the notebook again when the marker or any folder it names is gone, so deleting
+    ``data/runs/<profile>/images`` re-runs notebook 03 rather than leaving 04 asking for it."""
+    marker = P.runs / ".notebooks" / f"{notebook}.done"
+    before = marker.read_text().split() if marker.is_file() else []
+    wrote = {d.name for d in P.runs.iterdir() if d.is_dir() and not d.name.startswith(".")
+             and any(f.stat().st_mtime >= since for f in d.rglob("*") if f.is_file())}
+    wrote |= {d for d in before if "/" not in d and (P.runs / d).is_dir()}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(" ".join(sorted(wrote)) + "\n")
+    return marker

@@ -31,6 +31,9 @@ def single_thread():
         torch.set_num_threads(n)
 
 
+PATH_OPTIONS = ("--out", "--run-dir", "--root")  # the options of this project's commands that name paths
+
+
 def worker_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                 PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -44,7 +47,14 @@ def n_workers(requested: int, n_jobs: int) -> int:
 def run_parallel(commands: dict, workers: int, progress: bool = True, describe=str, watch=None) -> list[str]:
     """Run {key: argv} with at most ``workers`` at a time, in the given order. A failure does not stop
     the others; returns one message per failed command (``describe(key)``, exit code, stderr tail).
-    ``watch(running=keys, finished=keys)`` is called while waiting (e.g. progress.RunsProgress.update)."""
+    ``watch(running=keys, finished=keys)`` is called while waiting (e.g. progress.RunsProgress.update).
+    Workers run from the repository root: every path in a command must be absolute (the caller
+    resolves it, e.g. lib.infra.paths.Paths), or it would name another folder than the caller's."""
+    for key, argv in commands.items():  # workers run from the repository: a relative path would move
+        rel = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in PATH_OPTIONS and not os.path.isabs(argv[i + 1])]
+        if rel:
+            raise ValueError(f"{key}: the worker command's path {rel[0]!r} is relative; resolve it in the caller "
+                             f"(lib.infra.paths.Paths does) so that the worker writes where the caller reads")
     queue, running, failures, finished = list(commands), {}, [], []
     env = worker_env()
     while queue or running:

@@ -138,6 +138,10 @@ def check_reusable(out: Path, cfg: Config, arm: str, code: dict) -> str | None:
         old = load_json(out / "config.json").to_dict()
         diff = trajectory_diff(old, cfg.to_dict())
         if diff:
+            if old.get("profile") != cfg.profile:  # another profile is another run, not a changed definition
+                raise ConfigError(f"{out} holds a run of profile {old.get('profile')!r}, not {cfg.profile!r} (they "
+                                  f"differ in {', '.join(diff)}); train profile {cfg.profile!r} into another --out "
+                                  f"directory, or resume it with --profile {old.get('profile')}")
             if run is None or run.get("overrides") != profile_overrides(cfg):
                 raise ConfigError(f"{out} holds a run with a different configuration ({', '.join(diff)}); resume it "
                                   f"with the same settings, or train into a new --out directory")
@@ -172,6 +176,14 @@ def write_run_files(out: Path, cfg: Config, arm: str, code: dict, extra: dict):
     ckpt.atomic_write_text(out / "run.json", json.dumps({"arm": arm, "code": code,
                                                          "overrides": profile_overrides(cfg), **extra},
                                                         indent=2))
+
+
+def kept_init(out: Path, init_record: dict | None, start: int) -> dict:
+    """run.json's ``init_from`` entry: this start's record, else (a resumed fine-tune, started without
+    --init-from) the one run.json already holds, since the checkpoint it resumes carries those weights."""
+    if init_record is None and start > 0:
+        init_record = (read_json(out / "run.json") or {}).get("init_from")
+    return {"init_from": init_record} if init_record else {}
 
 
 # ---------------------------------------------------------------------------- checkpoint provenance
@@ -250,16 +262,26 @@ def final_problem(out: Path, cfg: Config, arm: str | None = None) -> str | None:
     return None
 
 
-def load_run(run_dir, map_location="cpu"):
-    """A finished run's ``(config, ema_state_dict)``; refuses a final.pt that is not the verified result
-    of the run's config.json (stale, torn, unfinished)."""
+def verified_final(run_dir) -> tuple[Config, Path]:
+    """``(config, final.pt)`` of a finished run, after the final.json check (:func:`final_problem`):
+    the one gate every reader of a run's weights passes (lib.generate, lib.pretrained, notebook 08)."""
     run_dir = Path(run_dir)
     if not (run_dir / "final.pt").exists() or not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (need config.json and final.pt); "
                                 f"train it first (python -m lib.train ... --out {run_dir}, or notebook 03_train)")
     cfg = load_json(run_dir / "config.json")
-    problem = final_problem(run_dir, cfg)
+    try:
+        problem = final_problem(run_dir, cfg)
+    except RunDirError as e:  # an unreadable final.json
+        problem = str(e)
     if problem:
         raise ckpt.CheckpointError(f"{run_dir} is not a finished run: {problem}. Run its training command again "
                                    f"(it resumes or verifies), or notebook 03_train")
-    return cfg, ckpt.safe_load(run_dir / "final.pt", map_location)
+    return cfg, run_dir / "final.pt"
+
+
+def load_run(run_dir, map_location="cpu"):
+    """A finished run's ``(config, ema_state_dict)``; refuses a final.pt that is not the verified result
+    of the run's config.json (stale, torn, unfinished)."""
+    cfg, final = verified_final(run_dir)
+    return cfg, ckpt.safe_load(final, map_location)

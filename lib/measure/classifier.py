@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,23 +120,52 @@ def get_classifier(data_cfg, eval_cfg, cache_dir="data/classifiers", device="cpu
     cache_dir = Path(cache_dir)
     key = classifier_key(data_cfg, eval_cfg)
     pt, js = cache_dir / f"{key}.pt", cache_dir / f"{key}.json"
-    if pt.is_file() and js.is_file():
-        meta = json.loads(js.read_text())
-        model = FeatureClassifier(**meta["arch"])
-        model.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
-        model.meta = meta
-        return model.to(device).eval()
+    code = classifier_code()
+    if pt.is_file() or js.is_file():
+        model, why = _cached(pt, js, key, code)
+        if model is not None:
+            return model.to(device).eval()
+        warnings.warn(f"the FD_clf classifier cache {pt} {why}; training it again", stacklevel=2)
 
     images, labels = load_images(replace(data_cfg, n_train=0))
     model = train_classifier(images, labels, steps=eval_cfg.classifier_steps, width=eval_cfg.classifier_width,
                              device=device, progress=progress)
     meta = dict(model.meta, arch=model.arch, key=key, dataset=data_cfg.dataset, image_size=data_cfg.image_size,
-                feature_dim=model.feature_dim, n_images=len(images))
+                feature_dim=model.feature_dim, n_images=len(images), code=code)
     model.meta = meta
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(pt, lambda f: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f))
     atomic_write_bytes(js, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return model
+
+
+def classifier_code() -> dict:
+    """The fingerprint of the code that trains the classifier (lib.infra.rundir.code_fingerprint): a
+    cache made by other code (another learning rate, architecture, schedule) is not reused."""
+    from lib.infra.rundir import code_fingerprint
+
+    return code_fingerprint(["lib/measure/classifier.py"])
+
+
+def _cached(pt: Path, js: Path, key: str, code: dict):
+    """``(model, None)`` from a cache made by this code for this key, else ``(None, why not)``."""
+    try:
+        meta = json.loads(js.read_text())
+    except FileNotFoundError:
+        return None, f"has no {js.name} (an interrupted write)"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, f"has an unreadable {js.name} (torn)"
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None, f"was made for another configuration ({meta.get('key') if isinstance(meta, dict) else '?'})"
+    if meta.get("code") != code:
+        return None, "was made by other classifier code (lib/measure/classifier.py changed)"
+    try:
+        model = FeatureClassifier(**meta["arch"])
+        model.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
+    except Exception as e:  # torn or foreign weights: the cache is derived data, so rebuild it
+        return None, f"is unreadable or does not fit ({type(e).__name__}; torn?)"
+    model.meta = meta
+    return model, None
 
 
 @torch.no_grad()
