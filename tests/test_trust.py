@@ -456,7 +456,7 @@ def test_9_a_failed_html_export_publishes_nothing_and_stays_not_done(tmp_path, m
     monkeypatch.setattr(nbconvert.HTMLExporter, "from_notebook_node", broken)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     with pytest.raises(SystemExit) as e:
-        rn.run(tmp_path / "99_probe.ipynb", "ci", tmp_path / "out")
+        rn.run(tmp_path / "99_probe.ipynb", "ci", tmp_path / "out", html=True)
     assert e.value.code == 1
     figures = tmp_path / "out" / "figures" / "ci"
     assert not (figures / "99_probe.ipynb").exists() and not (figures / "99_table.csv").exists()
