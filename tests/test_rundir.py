@@ -23,6 +23,7 @@ from lib.infra import checkpoint as ckpt
 from lib import data, generate
 from lib.infra import rundir
 from lib import train as T
+from lib.infra.runlog import read_log
 from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -432,4 +433,4 @@ def test_12_relative_data_root_is_the_repositorys_and_root_changes_do_not_block_
     T.train(with_overrides(cfg, {"train.steps": 2}), "s2dm", tmp_path / "run", progress=False)
     moved = with_overrides(cfg, {"data.root": "/elsewhere/data", "data.download": True})
     assert T.train(moved, "s2dm", tmp_path / "run", progress=False).exists()  # resumed, not refused
-    assert T.read_log(tmp_path / "run")["step"][-1] == 4
+    assert read_log(tmp_path / "run")["step"][-1] == 4

@@ -31,7 +31,8 @@ from lib.factory import resolve_device, schedule_of
 from lib.infra.paths import Paths
 from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
-from lib.train import read_log, seconds_per_step
+from lib.experiment.steptime import seconds_per_step
+from lib.infra.runlog import read_log
 
 ARMS = ("baseline", "s2dm", "cdm")
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
