@@ -148,7 +148,7 @@ def edm_times(schedule: Schedule, num_steps: int, grid: str = "edm", rho: float 
       covers t ∈ [−1, T−1], i.e. σ ≥ 0, so σ_min = 0.002 lies at t ≈ −0.96, below the DDPM network's
       smallest trained time t = 0 (σ = 0.01): only the last grid point is there).
     * ``edm-full``: σ from σ(T−1) to σ(0) with t_0 = T−1 and t_{N−1} = 0 exactly, the whole trained range
-      (this project's Heun/Restart grid before issue 12)."""
+      (this project's Heun/Restart grid before docs/method.md §8.1)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps (the number N of EDM grid points) must be a positive integer, got {num_steps!r}")
     s_top = float(schedule.sigma(schedule.T - 1))

@@ -1,4 +1,4 @@
-"""The notebooks as their users open them: JupyterLab, Colab, Binder (issue: Colab, Binder and JupyterLab).
+"""The notebooks as their users open them: JupyterLab, Colab, Binder (README: "Opening the notebooks").
 
 * every notebook's first code cell is ``scripts/bootstrap_cell.py``, badges and parameters are in sync;
 * notebook 01 runs under papermill in an interpreter where the project is *not* installed and

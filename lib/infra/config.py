@@ -211,7 +211,7 @@ def _cpu() -> Config:
                           attn_resolutions=(), dropout=0.0),
         loss=LossConfig(),
         data=DataConfig(dataset="mnist", image_size=16, random_flip=False),
-        # 3,000 steps are 3x 1/(1 - ema_decay): the EMA ramps in (EDM's ratio 0.05; issue 11 item 4).
+        # 3,000 steps are 3x 1/(1 - ema_decay): the EMA ramps in (EDM's ratio 0.05; docs/method.md §8.2).
         train=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, ema_rampup=0.05,
                           ckpt_every=500, log_every=50),
         sample=SampleConfig(n_samples=500, batch_size=250, steps=(10, 20, 50, 100)),
