@@ -15,6 +15,7 @@ from lib.infra.progress import tqdm
 from lib.infra import checkpoint as ckpt
 from lib.infra import distributed, rundir
 from lib import samplers
+from lib.transfer import GRIDS
 
 CHUNK = 1000  # x_T is drawn in chunks of this many samples, chunk k from its own seed
 
@@ -42,12 +43,13 @@ def load_model(run_dir, device="cpu"):
 
 @torch.no_grad()
 def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_steps: int = 10,
-             grid: str = "uniform", batch_size: int = 500, seed: int = 0, device="cpu", progress: bool = True,
+             grid: str | None = None, profile_grid: str | None = None, batch_size: int = 500, seed: int = 0, device="cpu", progress: bool = True,
              info: dict | None = None, **options) -> torch.Tensor:
     """``n`` samples (float32 in model range, CPU) from ``eps_model`` with a sampler of lib.samplers.
 
     Under torch.distributed each rank computes its share of the batches; all ranks return the full
-    set. ``info`` receives the NFE per sample and the number of samples refused as non-finite."""
+    set. ``grid`` and ``profile_grid`` as in ``lib.samplers.sample`` (None and None: the method's own
+    grid). ``info`` receives the NFE per sample and the number of samples refused as non-finite."""
     ctx = distributed.current(device)
     n_batches = (n + batch_size - 1) // batch_size
     mine = list(range(ctx.rank, n_batches, ctx.world))
@@ -59,8 +61,8 @@ def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_st
         # stochastic sampler (DDPM, Restart's churn) gives the same samples on every device.
         g = torch.Generator().manual_seed(seed * 7919 + b)
         run_info = {}
-        x0 = samplers.sample(eps_model, x_T, schedule, num_steps, method, grid=grid, generator=g,
-                             info=run_info, **options)
+        x0 = samplers.sample(eps_model, x_T, schedule, num_steps, method, grid=grid, profile_grid=profile_grid,
+                             generator=g, info=run_info, **options)
         nfe = run_info.get("nfe", nfe)
         parts[b] = x0.float().cpu()
     if ctx.world > 1:
@@ -158,7 +160,8 @@ def argparser():
     p.add_argument("--out", required=True, help="output file (.pt), written atomically by rank 0")
     p.add_argument("--method", default="ddim", help=f"sampler: {', '.join(samplers.METHODS)}")
     p.add_argument("--steps", type=int, default=10, help="number of sampling steps S")
-    p.add_argument("--grid", default=None, help="uniform | quad (default: the run's sample.grid)")
+    p.add_argument("--grid", default=None, help=f"{' | '.join(GRIDS)} (default: the run's sample.grid where the "
+                                                 "method runs on it, else the method's own)")
     p.add_argument("-n", "--num-samples", dest="n", type=int, default=None,
                    help="number of samples (default: the run's sample.n_samples)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's sample.batch_size")
@@ -195,9 +198,10 @@ def main(argv=None) -> int:
         ctx = _join(a.device)
         model, cfg = load_model(a.run, ctx.device)
         s = cfg.sample
-        grid = a.grid or samplers.grid_for(a.method, s.grid)  # Heun/Restart keep EDM's grid
         n = a.n or s.n_samples
         schedule = schedule_of(cfg)
+        # the run's sample.grid where the method runs on it (Heun/Restart keep EDM's grid); --grid is checked
+        grid = samplers.METHODS[a.method].grid(a.grid, s.grid)
         samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front
         m = cfg.model
         shape = (m.in_channels,) if m.kind == "mlp" else (m.in_channels, m.resolution, m.resolution)

@@ -41,7 +41,8 @@ from lib.factory import build_model, resolve_device, schedule_of
 from lib.losses import s2dm_loss
 from lib.related import cdm
 
-ARMS = ("baseline", "s2dm", "cdm")
+PAPER_ARMS = ("baseline", "s2dm")  # the paper's comparison (the baseline is the S²-DM loss with τ = 1)
+ARMS = PAPER_ARMS + ("cdm",)  # every arm train() trains: the CDM arm is a neighbour (lib.related.cdm, notebook 06)
 # The source a training run executes (its code fingerprint, lib.infra.rundir): the loop, loss, schedule, data,
 # factory, the network (the MLP uses unet's time embedding) and the arm's own module.
 TRAINED_BY = ("lib/train.py", "lib/losses.py", "lib/schedule.py", "lib/data.py", "lib/factory.py", "lib/unet.py")

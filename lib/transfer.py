@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from lib.infra.config import DDIM_GRIDS
 from lib.schedule import Schedule
 
 __all__ = ["time_tensor", "progress_iter", "ab_table", "grid_table", "lincomb", "noise_like", "ddim_from_ab",
@@ -120,7 +121,7 @@ def pndm_midpoint(t: int, t_next: int) -> int:
 # ============================================================================ time grids
 # A sampler receives its grid as (t, t') pairs (k-diffusion passes sigmas the same way); sample() builds
 # them from (num_steps, grid) and refuses a grid the method does not run on.
-DDIM_GRIDS = ("uniform", "quad")  # the DDIM code's integer grids (Schedule.timesteps)
+# DDIM_GRIDS: the DDIM code's integer grids (Schedule.timesteps; the values of sample.grid, lib.infra.config)
 EDM_GRIDS = ("edm", "edm-full")  # EDM's ρ = 7 grid in σ, fractional times
 GRIDS = DDIM_GRIDS + EDM_GRIDS
 EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_RHO = 80.0, 0.002, 7.0  # EDM's (and the Restart code's) CIFAR-10 VP setting

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lib import data, generate, samplers
+from lib import data, generate
 
 from lib.infra import processes
 
@@ -22,12 +22,13 @@ from lib.infra.config import Config, toy_config
 from lib.experiment.evaluate import ImageEvaluator, image_cell
 from lib.factory import schedule_of
 from lib.infra.paths import Paths
-from lib.experiment.runs import ARMS, image_run, image_seeds, toy_run
+from lib.experiment.runs import image_run, image_seeds, toy_run
+from lib.train import PAPER_ARMS
 
-__all__ = ["ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
+__all__ = ["PAPER_ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
 
 
-def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, progress=True,
+def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=PAPER_ARMS, grid=None, progress=True,
               model_wrapper=None, tag: str = "", **options) -> list[dict]:
     """Every (arm, method, steps) cell on the toy, per seed: :func:`lib.measure.toymetrics.toy_metrics`.
 
@@ -45,7 +46,7 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
                     for S in steps:
                         info = {}
                         x = generate.generate(eps_model, schedule, (2,), tcfg.sample.n_samples, method=method,
-                                              num_steps=S, grid=samplers.grid_for(method, grid or tcfg.sample.grid),
+                                              num_steps=S, profile_grid=grid or tcfg.sample.grid,
                                               batch_size=tcfg.sample.batch_size, seed=tcfg.sample.seed,
                                               progress=False, info=info, **options)
                         m = toymetrics.toy_metrics(x, gmm, seed=seed)
@@ -54,7 +55,7 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
     return rows
 
 
-def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=ARMS, seeds=None, grid=None,
+def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=PAPER_ARMS, seeds=None, grid=None,
                 progress=True) -> list[dict]:
     """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.experiment.evaluate.image_cell),
     in that order.

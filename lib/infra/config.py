@@ -25,6 +25,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 
 
+# The DDIM code's integer timestep grids, the values of sample.grid (lib.schedule.Schedule.timesteps
+# computes them; lib.transfer adds EDM's grids for the samplers that run on σ).
+DDIM_GRIDS = ("uniform", "quad")
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
 # (channels, training images) of every dataset (lib.data loads them), so that a config is checked
@@ -344,7 +347,7 @@ def validate(cfg: Config) -> Config:
     need(t.device in ("auto", "cpu", "cuda"), f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
     need(len(s.steps) > 0 and all(1 <= k <= d.T for k in s.steps),
          f"sample.steps must be positive integers <= T={d.T}, got {s.steps}")
-    need(s.grid in ("uniform", "quad"), f"sample.grid must be 'uniform' or 'quad', got {s.grid!r}")
+    need(s.grid in DDIM_GRIDS, f"sample.grid must be {' or '.join(map(repr, DDIM_GRIDS))}, got {s.grid!r}")
     need(s.n_samples >= 2 and s.batch_size >= 1, "sample.n_samples must be >= 2 and sample.batch_size >= 1")
     need(s.eta >= 0, f"sample.eta must be >= 0, got {s.eta}")
     need(m.kind in ("unet", "mlp"), f"model.kind must be 'unet' or 'mlp', got {m.kind!r}")
