@@ -1,7 +1,8 @@
 """Notebook 08's experiment: pretrained weights, calibrated against the published tables, the neighbours
 on them, and the two arms fine-tuned from them.
 
-* :data:`PLANS` — what runs at each profile (weights, step counts, sample size, fine-tune length);
+* :func:`plan_for` — what runs at each profile (lib.infra.profiles: weights, step counts, sample size,
+  fine-tune length);
 * :func:`calibration` — DDIM (quad and uniform grid) and Time-Shift's DDIM beside DDIM's and Time-Shift's
   Table 1 (one row per method and S);
 * :func:`neighbours` — every neighbouring method (lib.related) at the smallest S, NFE checked against
@@ -14,48 +15,22 @@ Every row is a dict; the notebook saves, plots and asserts on them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from lib import generate, samplers
 from lib.experiment import compare, published
 from lib.experiment.evaluate import image_cell
 from lib.infra import config
+from lib.infra.profiles import NOTEBOOK_08, NotebookPlan
 from lib.infra.runlog import read_log
 from lib.related import epsscale, skiptuning
 from lib.train import PAPER_ARMS, train
 
 
-@dataclass(frozen=True)
-class NotebookPlan:
-    """What notebook 08 runs at a profile. ``source`` None: the profile's own trained baseline (notebook 03).
-
-    ``finetune_steps`` per arm (gpu: sized to about one GPU-hour per arm, an estimate: docs/GPU.md);
-    ``skip_tuning`` (ρ_top, ρ_bottom) and ``eps_scale`` b are fixed illustrative settings (notebook 06
-    tunes them on a separate sample set); ``n_samples`` None keeps the profile's ``sample.n_samples``."""
-
-    source: str | None
-    steps: tuple
-    n_samples: int | None
-    finetune_steps: int
-    finetune_lr: float | None = None
-    skip_tuning: tuple = (1.0, 0.95)
-    eps_scale: float = 1.005
-
-
-PLANS = {
-    "ci": NotebookPlan(source=None, steps=(5, 10), n_samples=None, finetune_steps=10),
-    "cpu": NotebookPlan(source=None, steps=(10, 20), n_samples=250, finetune_steps=200),
-    "gpu": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=10_000, finetune_steps=20_000,
-                        finetune_lr=2e-5),
-    "paper": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=50_000, finetune_steps=100_000,
-                          finetune_lr=2e-5),
-}
-
-
 def plan_for(profile: str) -> NotebookPlan:
-    if profile not in PLANS:
-        raise ValueError(f"no notebook-08 plan for profile {profile!r}; valid: {', '.join(PLANS)}")
-    return PLANS[profile]
+    """Notebook 08's plan at ``profile`` (lib.infra.profiles.NOTEBOOK_08)."""
+    if profile not in NOTEBOOK_08:
+        raise ValueError(f"no notebook-08 plan for profile {profile!r}; valid: {', '.join(NOTEBOOK_08)}")
+    return NOTEBOOK_08[profile]
 
 
 # (method, grid, options, label, the published FIDs by S) of the calibration
