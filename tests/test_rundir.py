@@ -170,7 +170,7 @@ def test_a_changed_profile_definition_retrains_but_other_overrides_are_refused(t
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
     real = config.PROFILES["ci"]
-    # the ci profile's EMA decay is edited in lib/infra/config.py: the same command now means another run
+    # the ci profile's EMA decay is edited in lib/infra/profiles.py: the same command now means another run
     monkeypatch.setitem(rundir.PROFILES, "ci", lambda: with_overrides(real(), {"train.ema_decay": 0.8}))
     new = toy(**{"train.steps": 4, "train.ema_decay": 0.8})
     with pytest.warns(UserWarning, match="definition of profile 'ci' changed"):
