@@ -3,7 +3,7 @@
     python bench/gpu_check.py                      # on a GPU machine (about 8 minutes; `make gpu-check`)
     python bench/gpu_check.py --dry-run            # every section on the CPU at tiny sizes (under a minute)
     python bench/gpu_check.py --sections training  # re-run some sections; the others stay in the file
-    python bench/gpu_check.py --wheels .whl        # first install missing diffusers/clean-fid/mlxtend offline
+    python scripts/install_missing.py --offline .whl ...  # first: missing diffusers/clean-fid/mlxtend (`make gpu-check`)
 
 It writes ``<out>/gpu_check_<gpu-name>.json`` and ``.md`` (``--out`` defaults to bench/results; for
 ``--dry-run`` to a fresh temporary folder, so tests never touch bench/results), rewritten atomically
@@ -306,58 +306,6 @@ def _which(mod: str) -> bool:
 OPTIONAL = (("diffusers", "diffusers"), ("clean-fid", "cleanfid"), ("mlxtend", "mlxtend"), ("papermill", "papermill"))
 
 
-def install_wheels(folder: Path) -> dict:
-    """``pip install --no-index --find-links folder`` of the optional packages that are missing
-    (never anything else: no network, and the preinstalled torch stays as it is)."""
-    missing = [pkg for pkg, mod in OPTIONAL[:3] if not _which(mod)]
-    if not missing:
-        return {"installed": [], "note": "nothing to install: diffusers, clean-fid and mlxtend import"}
-    if not folder.is_dir():
-        return {"installed": [], "note": f"wheel folder {folder} not found; missing: {', '.join(missing)}"}
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), *missing]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    import importlib
-
-    importlib.invalidate_caches()
-    return {"command": " ".join(cmd), "rc": r.returncode, "installed": missing if r.returncode == 0 else [],
-            "output_tail": (r.stdout + r.stderr)[-1500:]}
-
-
-# What a GPU machine with a preinstalled PyTorch already has (and the wheels must never replace).
-PREINSTALLED = {"torch", "torchvision", "triton", "numpy", "scipy", "matplotlib", "pandas", "scikit-learn", "pillow",
-                "tqdm", "pytest", "filelock", "fsspec", "typing-extensions", "sympy", "networkx", "jinja2", "packaging",
-                "setuptools", "joblib", "threadpoolctl", "python-dateutil", "six"}
-
-
-def wheel_requirements(roots=("diffusers", "clean-fid", "mlxtend")) -> list[str]:
-    """``name==version`` for the optional packages and every dependency of theirs installed here
-    (their closure, as this environment resolved it), less what a PyTorch machine ships with: the
-    list ``pip download --no-deps`` needs for an offline ``pip install --no-index --find-links``."""
-    import importlib.metadata as md
-
-    from packaging.requirements import Requirement
-
-    def norm(n):
-        return re.sub(r"[-_.]+", "-", n).lower()
-    seen, out, todo = set(), [], list(roots)
-    while todo:
-        name = norm(todo.pop())
-        if name in seen or name in PREINSTALLED or name.startswith("nvidia-"):
-            continue
-        seen.add(name)
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            raise SystemExit(f"error: {name} is not installed in this environment ({sys.executable}); run this "
-                             f"with the project's .venv (make venv; requirements-dev.txt has diffusers)") from None
-        out.append(f"{dist.metadata['Name']}=={dist.version}")
-        for req in dist.requires or []:
-            r = Requirement(req)
-            if r.marker is None or r.marker.evaluate({"extra": ""}):  # extras and other platforms: not needed
-                todo.append(r.name)
-    return sorted(out, key=str.lower)
-
-
 def _torch_version() -> tuple:
     return tuple(int(x) for x in re.findall(r"\d+", torch.__version__.split("+")[0])[:2])
 
@@ -370,8 +318,6 @@ def section_environment(S: Section, ctx: Ctx) -> None:
     import torchvision
 
     m["torchvision"] = torchvision.__version__
-    if ctx.args.wheels:
-        m["wheels"] = S.part("install wheels", lambda: install_wheels(Path(ctx.args.wheels)))
     for pkg, mod in OPTIONAL:
         m[f"has_{mod}"] = _which(mod)
     ok = _torch_version() >= MIN_TORCH
@@ -905,13 +851,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="result folder (default bench/results; a temporary one with --dry-run)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--max-seconds", type=float, default=None, help=f"the whole run's limit (default {TOTAL_S})")
-    p.add_argument("--wheels", default=None, help="folder of wheels to install missing optional packages from, offline")
-    p.add_argument("--wheel-list", action="store_true",
-                   help="print the pinned packages to `pip download --no-deps` for an offline machine, and exit")
     a = p.parse_args(argv)
-    if a.wheel_list:
-        print("\n".join(wheel_requirements()))
-        return 0
     chosen = [s.strip() for s in a.sections.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SECTIONS]
     if bad:
