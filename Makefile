@@ -142,12 +142,17 @@ bench: $(VENV)/.stamp-dev
 	$(PY) bench/train_speed.py
 
 # ---------------------------------------------------------------- the GPU check (docs/GPU.md)
-# One prepared run on one GPU (<= 8 min on an H100/H200): correctness, speed, end to end ->
-# bench/results/gpu_check_<gpu>.md/.json. Runs with .venv when there is one, else the machine's own
-# python3 (a preinstalled PyTorch >= 2.1): no install step, no network. A folder WHEELS (default .whl)
-# is used to install missing diffusers/clean-fid/mlxtend offline first. GPU_CHECK_ARGS=--dry-run: CPU, tiny.
+# One prepared run on one GPU (<= 8 min on an H100/H200): correctness (pytest -m cuda), speed, end to
+# end -> bench/results/gpu_check_<gpu>.md/.json. Runs with .venv when there is one, else the machine's
+# own python3 (a preinstalled PyTorch >= 2.1): no network. A folder WHEELS (default .whl) is used first
+# to install missing diffusers/clean-fid/mlxtend offline (scripts/install_missing.py, the one
+# installer). GPU_CHECK_ARGS=--dry-run: CPU, tiny.
 .PHONY: gpu-check
 WHEELS ?= .whl
 GPU_CHECK_ARGS ?=
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_EXTRAS = diffusers,clean-fid,mlxtend
 gpu-check:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py $(if $(wildcard $(WHEELS)),--wheels $(WHEELS),) $(GPU_CHECK_ARGS)
+	@if [ -d "$(WHEELS)" ]; then $(GPU_PY) scripts/install_missing.py --requirements requirements.txt \
+	  --requirements requirements-dev.txt --only $(GPU_EXTRAS) --offline "$(WHEELS)" || true; fi
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)

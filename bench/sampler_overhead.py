@@ -87,7 +87,7 @@ def bench_method(method, model, schedule, args, device, shape, rng_seed):
     info = {}
     _sync(device)
     t0 = time.perf_counter()
-    samplers.sample(timed, x_T, schedule, args.steps, method, grid=samplers.grid_for(method, args.grid), generator=g,
+    samplers.sample(timed, x_T, schedule, args.steps, method, profile_grid=args.grid, generator=g,
                     info=info)
     _sync(device)
     total = time.perf_counter() - t0 - timed.alone_s  # the run without the interleaved extra calls
@@ -111,7 +111,7 @@ def main(argv=None):
     device = torch.device(args.device)
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
-        samplers.nfe(m, args.steps, samplers.grid_for(m, args.grid))  # fail early on a bad name or step count
+        samplers.nfe(m, args.steps, profile_grid=args.grid)  # fail early on a bad name or step count
 
     cfg = get_config(args.profile)
     torch.manual_seed(0)
@@ -140,7 +140,7 @@ def main(argv=None):
     for m, rs in runs.items():
         ratio = statistics.median(x["total_s"] / x["alone_s"] for x in rs)
         inline = statistics.median(x["total_s"] / x["inline_s"] for x in rs)
-        n_steps = len(samplers.time_pairs(schedule, args.steps, samplers.grid_for(m, args.grid)))
+        n_steps = len(samplers.time_pairs(schedule, args.steps, samplers.METHODS[m].grid(None, args.grid)))
         summary[m] = {"nfe": rs[0]["nfe"], "ratio_median": ratio, "inline_ratio_median": inline,
                       "sampler_overhead_ms_per_step_median": statistics.median(
                           1e3 * (x["total_s"] - x["inline_s"]) / n_steps for x in rs),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from lib.experiment import runs  # noqa: E402
 from lib.infra.config import get_config, with_overrides  # noqa: E402
-from lib.train import read_log  # noqa: E402
+from lib.infra.runlog import read_log  # noqa: E402
 
 
 def _images_per_s(run_dir) -> float:

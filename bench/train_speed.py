@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.infra import checkpoint as ckpt  # noqa: E402
-from lib import samplers  # noqa: E402
+from lib import data, samplers  # noqa: E402
 from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss  # noqa: E402
@@ -63,9 +63,8 @@ def batches_of(m, batch, device, *, channels_last, flip, seed=0):
                            dtype=torch.uint8).to(device)
 
     def one():
-        x = images[torch.randperm(len(images), generator=g)[:batch].to(device)].float().div_(127.5).sub_(1.0)
-        if flip:
-            x = torch.where((torch.rand(batch, generator=g) < 0.5).to(device).view(-1, 1, 1, 1), x.flip(-1), x)
+        idx = torch.randperm(len(images), generator=g)[:batch]
+        x = data.training_batch(images[idx.to(device)], (torch.rand(batch, generator=g) < 0.5) if flip else None)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return lambda k: [one() for _ in range(k)]
 

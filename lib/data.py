@@ -8,8 +8,9 @@ takes to pure noise (√ᾱ_{T-1} · 2.3 ≈ 0.015).
 
 Image data (``IMAGE_DATASETS``) are *loaded* by :func:`load_images` as uint8 tensors
 ``[N, C, H, W]`` (CelebA at 64×64 is 2 GB as uint8, 8 GB as float32) plus int64 labels (or None).
-The training loop turns batches into the model's range with :func:`to_model_range`
-(x/127.5 − 1, as the DDIM code's ``2x − 1`` on x/255) and applies :func:`random_flip`.
+The training loop draws its batches from :class:`BatchSource`, which turns the stored images into
+a batch with :func:`training_batch`: into the model's range by :func:`to_model_range` (x/127.5 − 1, as
+the DDIM code's ``2x − 1`` on x/255), then a random horizontal flip (``data.random_flip``).
 
 Nothing here downloads unless ``data.download=true``; a missing dataset raises
 :class:`DatasetMissing`, whose message says where to put which files and how to get them.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.infra.checkpoint import atomic_save
-from lib.infra.config import DATASETS, IMAGE_DATASETS, TOY_DATASETS  # the dataset names are part of the config schema
+from lib.infra.config import DATASETS, IMAGE_DATASETS, TOY_DATASETS, ConfigError  # the dataset names are part of the config schema
 from lib.infra.paths import ROOT
 
 
@@ -146,15 +147,75 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
 
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` [N, ...] with sample i mirrored horizontally (last axis) where ``mask[i]`` (new tensor)."""
+    return torch.where(mask.to(x.device).view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each sample of ``x`` [N, C, H, W] horizontally with probability 1/2 (new tensor).
 
     The coin flips are drawn on the generator's device (CPU by default), so the result depends
     only on the generator's state, whatever the device of ``x``."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    flip = torch.rand(x.shape[0], generator=generator, device=gen_device) < 0.5
-    flip = flip.to(x.device).view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(flip, x.flip(-1), x)
+    return flip_where(x, torch.rand(x.shape[0], generator=generator, device=gen_device) < 0.5)
+
+
+def training_batch(images_uint8: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """The one path from stored images to a training batch: uint8 → [-1, 1] (:func:`to_model_range`),
+    then each image mirrored where the boolean ``flip`` mask says (none when ``flip`` is None)."""
+    x = to_model_range(images_uint8)
+    return x if flip is None else flip_where(x, flip)
+
+
+# ============================================================================ training batches
+class BatchSource:
+    """Mini-batches with a resumable order: epoch permutations of an image set, or fresh toy samples.
+
+    All randomness comes from ``generator`` (CPU) so its state, with the epoch permutation and the
+    position in it, restores the data order exactly. Under DDP every rank draws the same global
+    permutation and flip mask and keeps its own slice."""
+
+    def __init__(self, data_cfg, device, generator: torch.Generator, rank: int = 0, world: int = 1,
+                 batch_size: int = 0):
+        self.flip, self.device, self.g, self.rank, self.world = data_cfg.random_flip, device, generator, rank, world
+        self.toy = data_cfg.dataset in TOY_DATASETS
+        if self.toy:
+            self.gmm = toy_distribution(data_cfg.dataset)
+        else:
+            images, _ = load_images(data_cfg)
+            if batch_size > len(images):  # would be capped silently (and images/s overstated)
+                raise ConfigError(f"train.batch_size={batch_size} exceeds the {len(images)} images loaded from "
+                                  f"{data_cfg.dataset}: lower train.batch_size")
+            self.images = images.to(device)  # uint8 on the device: no loader workers, no host copies
+            self.perm, self.pos = self._new_perm(), 0
+
+    def _new_perm(self):
+        return torch.randperm(len(self.images), generator=self.g)
+
+    def next(self, global_batch: int) -> torch.Tensor:
+        lb = global_batch // self.world
+        if self.toy:
+            x = self.gmm.sample(global_batch, generator=self.g)
+            return x[self.rank * lb:(self.rank + 1) * lb].to(self.device)
+        if self.pos + global_batch > len(self.perm):  # drop the ragged end of an epoch
+            self.perm, self.pos = self._new_perm(), 0
+        idx = self.perm[self.pos:self.pos + global_batch]
+        self.pos += global_batch
+        flip = torch.rand(global_batch, generator=self.g) < 0.5
+        idx, flip = idx[self.rank * lb:(self.rank + 1) * lb], flip[self.rank * lb:(self.rank + 1) * lb]
+        return training_batch(self.images[idx.to(self.device)], flip if self.flip else None)
+
+    def state_dict(self) -> dict:
+        s = {"generator": self.g.get_state()}
+        if not self.toy:
+            s.update(perm=self.perm, pos=self.pos)
+        return s
+
+    def load_state_dict(self, s: dict):
+        self.g.set_state(s["generator"])
+        if not self.toy:
+            self.perm, self.pos = s["perm"], int(s["pos"])
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:

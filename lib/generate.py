@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from lib.infra.progress import tqdm
 
 from lib.infra import checkpoint as ckpt
-from lib.infra import rundir
+from lib.infra import distributed, rundir
 from lib import samplers
+from lib.transfer import GRIDS
 
 CHUNK = 1000  # x_T is drawn in chunks of this many samples, chunk k from its own seed
 
@@ -43,31 +43,30 @@ def load_model(run_dir, device="cpu"):
 
 @torch.no_grad()
 def generate(eps_model, schedule, shape, n: int, *, method: str = "ddim", num_steps: int = 10,
-             grid: str = "uniform", batch_size: int = 500, seed: int = 0, device="cpu", progress: bool = True,
+             grid: str | None = None, profile_grid: str | None = None, batch_size: int = 500, seed: int = 0, device="cpu", progress: bool = True,
              info: dict | None = None, **options) -> torch.Tensor:
     """``n`` samples (float32 in model range, CPU) from ``eps_model`` with a sampler of lib.samplers.
 
     Under torch.distributed each rank computes its share of the batches; all ranks return the full
-    set. ``info`` receives the NFE per sample and the number of samples refused as non-finite."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    set. ``grid`` and ``profile_grid`` as in ``lib.samplers.sample`` (None and None: the method's own
+    grid). ``info`` receives the NFE per sample and the number of samples refused as non-finite."""
+    ctx = distributed.current(device)
     n_batches = (n + batch_size - 1) // batch_size
-    mine = list(range(rank, n_batches, world))
+    mine = list(range(ctx.rank, n_batches, ctx.world))
     parts, nfe = {}, None
-    for b in tqdm(mine, desc=f"{method} S={num_steps}", disable=not progress or rank != 0, leave=False):
+    for b in tqdm(mine, desc=f"{method} S={num_steps}", disable=not progress or not ctx.main, leave=False):
         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
         x_T = initial_noise(shape, lo, hi, seed).to(device)
         # A CPU generator: samplers draw their noise on it and move it (lib.transfer.noise_like), so a
         # stochastic sampler (DDPM, Restart's churn) gives the same samples on every device.
         g = torch.Generator().manual_seed(seed * 7919 + b)
         run_info = {}
-        x0 = samplers.sample(eps_model, x_T, schedule, num_steps, method, grid=grid, generator=g,
-                             info=run_info, **options)
+        x0 = samplers.sample(eps_model, x_T, schedule, num_steps, method, grid=grid, profile_grid=profile_grid,
+                             generator=g, info=run_info, **options)
         nfe = run_info.get("nfe", nfe)
         parts[b] = x0.float().cpu()
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, parts)
-        parts = {k: v for d in gathered for k, v in d.items()}
+    if ctx.world > 1:
+        parts = {k: v for d in ctx.gather(parts) for k, v in d.items()}
     x = torch.cat([parts[b] for b in range(n_batches)])
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if info is not None:
@@ -138,22 +137,12 @@ def _parse_options(method: str, items) -> dict:
     return opts
 
 
-def _init_distributed(device_name: str):
-    """(rank, world, device) under torchrun; the backend rule is lib.train's (nccl on CUDA unless
-    S2DM_DDP_BACKEND=gloo, gloo otherwise)."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _join(device_name: str) -> distributed.RunContext:
+    """This process's run context for ``--device`` (auto: CUDA when available), under torchrun too."""
     cuda = torch.cuda.is_available() if device_name == "auto" else device_name == "cuda"
     if cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available; use --device cpu or auto")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)  # all_gather_object on NCCL uses the current device
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda and os.environ.get("S2DM_DDP_BACKEND") != "gloo" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, (dist.get_world_size() if dist.is_initialized() else 1), device
+    return distributed.join(torch.device("cuda" if cuda else "cpu"))
 
 
 def argparser():
@@ -172,7 +161,8 @@ def argparser():
     p.add_argument("--out", required=True, help="output file (.pt), written atomically by rank 0")
     p.add_argument("--method", default="ddim", help=f"sampler: {', '.join(samplers.METHODS)}")
     p.add_argument("--steps", type=int, default=10, help="number of sampling steps S")
-    p.add_argument("--grid", default=None, help="uniform | quad (default: the run's sample.grid)")
+    p.add_argument("--grid", default=None, help=f"{' | '.join(GRIDS)} (default: the run's sample.grid where the "
+                                                 "method runs on it, else the method's own)")
     p.add_argument("-n", "--num-samples", dest="n", type=int, default=None,
                    help="number of samples (default: the run's sample.n_samples)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's sample.batch_size")
@@ -199,19 +189,20 @@ def main(argv=None) -> int:
     from lib.factory import schedule_of
 
     a = argparser().parse_args(argv)
-    rank = 0
+    ctx = distributed.RunContext()
     try:
         options = _parse_options(a.method, a.options)  # fail before loading anything
         check_destination(a.out)  # ... and before sampling for minutes into a place that cannot take it
         for name, v in (("--num-samples", a.n), ("--batch-size", a.batch_size)):
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
-        rank, world, device = _init_distributed(a.device)
-        model, cfg = load_model(a.run, device)
+        ctx = _join(a.device)
+        model, cfg = load_model(a.run, ctx.device)
         s = cfg.sample
-        grid = a.grid or samplers.grid_for(a.method, s.grid)  # Heun/Restart keep EDM's grid
         n = a.n or s.n_samples
         schedule = schedule_of(cfg)
+        # the run's sample.grid where the method runs on it (Heun/Restart keep EDM's grid); --grid is checked
+        grid = samplers.METHODS[a.method].grid(a.grid, s.grid)
         samplers.nfe(a.method, a.steps, grid, schedule, **options)  # validates steps and grid up front
         m = cfg.model
         shape = (m.in_channels,) if m.kind == "mlp" else (m.in_channels, m.resolution, m.resolution)
@@ -220,12 +211,12 @@ def main(argv=None) -> int:
         info, t0 = {}, time.perf_counter()
         x = generate(model, schedule, shape, n, method=a.method, num_steps=a.steps, grid=grid,
                      batch_size=a.batch_size or s.batch_size, seed=s.seed if a.seed is None else a.seed,
-                     device=device, progress=not a.quiet, info=info, **options)
+                     device=ctx.device, progress=not a.quiet, info=info, **options)
     except (FileNotFoundError, ValueError, ConfigError, ckpt.CheckpointError, FloatingPointError, rundir.RunDirError,
             ckpt.DiskFull) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if rank == 0:
+    if ctx.main:
         try:
             path = save_samples(x, a.out) if m.kind != "mlp" else ckpt.atomic_save(x.float(), a.out)
         except (ckpt.DiskFull, OSError) as e:  # the disk filled while sampling: the samples are seeded, so rerun
@@ -233,12 +224,10 @@ def main(argv=None) -> int:
                   f"error: {a.out} cannot be written ({e.strerror or e}); choose another --out and run the same "
                   f"command again (the samples are seeded: the same set comes out)", file=sys.stderr)
             return 2
-        print(f"{n} samples ({a.method}, S={a.steps}, {grid}, NFE {info['nfe']}/sample, {world} process(es), "
+        print(f"{n} samples ({a.method}, S={a.steps}, {grid}, NFE {info['nfe']}/sample, {ctx.world} process(es), "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         print(path)
-    if dist.is_initialized():
-        dist.barrier()  # no rank exits (and tears the group down) before rank 0 has written the file
-        dist.destroy_process_group()
+    distributed.leave()  # no rank exits (and tears the group down) before rank 0 has written the file
     return 0
 
 

@@ -26,7 +26,7 @@ import pickle
 import re
 import sys
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from lib.infra.paths import ROOT
 from lib.unet import UNet
 
 __all__ = ["CHECKPOINTS", "PretrainedMissing", "PretrainedError", "load_unet", "load_state", "infer_config",
-           "diffusers_to_ours", "init_weights", "file_md5", "fetch", "pretrained_dir", "NotebookPlan", "plan_for", "main"]
+           "diffusers_to_ours", "init_weights", "file_md5", "fetch", "pretrained_dir", "main"]
 
 REFERENCE_GROUPS = 32  # the DDIM/DDPM code's Normalize(): GroupNorm(32, C)
 
@@ -547,40 +547,6 @@ def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=Non
         _load_strict(model, st["state_dict"], st["path"])
     md5 = file_md5(st["path"])  # named checkpoints were checked against their published MD5 in load_state
     return {"source": str(source), "path": str(st["path"]), "layout": st["layout"], "entry": entry, "md5": md5}
-
-
-# ---------------------------------------------------------------------------- notebook 08's plan
-@dataclass(frozen=True)
-class NotebookPlan:
-    """What notebook 08 runs at a profile. ``source`` None: the profile's own trained baseline (notebook 03).
-
-    ``finetune_steps`` per arm (gpu: sized to about one GPU-hour per arm, an estimate: docs/GPU.md);
-    ``skip_tuning`` (ρ_top, ρ_bottom) and ``eps_scale`` b are fixed illustrative settings (notebook 06
-    tunes them on a separate sample set); ``n_samples`` None keeps the profile's ``sample.n_samples``."""
-
-    source: str | None
-    steps: tuple
-    n_samples: int | None
-    finetune_steps: int
-    finetune_lr: float | None = None
-    skip_tuning: tuple = (1.0, 0.95)
-    eps_scale: float = 1.005
-
-
-PLANS = {
-    "ci": NotebookPlan(source=None, steps=(5, 10), n_samples=None, finetune_steps=10),
-    "cpu": NotebookPlan(source=None, steps=(10, 20), n_samples=250, finetune_steps=200),
-    "gpu": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=10_000, finetune_steps=20_000,
-                        finetune_lr=2e-5),
-    "paper": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=50_000, finetune_steps=100_000,
-                          finetune_lr=2e-5),
-}
-
-
-def plan_for(profile: str) -> NotebookPlan:
-    if profile not in PLANS:
-        raise ValueError(f"no notebook-08 plan for profile {profile!r}; valid: {', '.join(PLANS)}")
-    return PLANS[profile]
 
 
 # ---------------------------------------------------------------------------- fetching (explicit only)

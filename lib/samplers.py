@@ -265,14 +265,15 @@ class MethodSpec:
     options: dict
     grids: tuple = DDIM_GRIDS  # the grids it runs on; the first is its default
 
-    def grid(self, grid) -> str:
-        """``grid``, or the method's default when None; a grid the method does not run on is an error."""
+    def grid(self, grid, profile_grid: str | None = None) -> str:
+        """``grid``, checked: a grid the method does not run on is an error. ``grid`` None: ``profile_grid``
+        (a profile's ``sample.grid``) if the method runs on it, else the method's default (its first)."""
         if grid is None:
-            return self.grids[0]
+            return profile_grid if profile_grid in self.grids else self.grids[0]
         if grid not in self.grids:
             raise ValueError(f"method {self.name!r} runs on grid(s) {', '.join(map(repr, self.grids))}, not {grid!r}; "
                              f"leave grid out (default {self.grids[0]!r}) or pass one of those "
-                             "(samplers.grid_for(method, grid) picks the method's default for a grid it does not run on)")
+                             "(profile_grid= applies a profile's grid only to the methods that run on it)")
         return grid
 
     def resolve(self, options: dict) -> dict:
@@ -352,27 +353,29 @@ def _spec(method: str) -> MethodSpec:
 
 def grid_for(method: str, grid: str | None) -> str:
     """``grid`` if ``method`` runs on it, else the method's own default grid: how a sweep applies a profile's
-    ``sample.grid`` (a DDIM-code grid) to every method, Heun and Restart keeping EDM's grid, explicitly."""
-    spec = _spec(method)
-    return grid if grid in spec.grids else spec.grids[0]
+    ``sample.grid`` (a DDIM-code grid) to every method, Heun and Restart keeping EDM's grid. :func:`sample`,
+    :func:`nfe` and lib.generate do this themselves when given ``profile_grid``."""
+    return _spec(method).grid(None, grid)
 
 
 # ============================================================================ entry points
-def nfe(method: str, num_steps: int, grid: str | None = None, schedule: Schedule | None = None, **options) -> int:
+def nfe(method: str, num_steps: int, grid: str | None = None, schedule: Schedule | None = None, *,
+        profile_grid: str | None = None, **options) -> int:
     """The number of ε evaluations ``sample`` makes (schedule None: the default T = 1000 schedule)."""
     spec = _spec(method)
     opts = spec.resolve(options)
     schedule = schedule if schedule is not None else linear_schedule()
-    return int(spec.nfe(schedule, time_pairs(schedule, num_steps, spec.grid(grid)), **opts))
+    return int(spec.nfe(schedule, time_pairs(schedule, num_steps, spec.grid(grid, profile_grid)), **opts))
 
 
 def sample(eps_model, x_T: torch.Tensor, schedule: Schedule, num_steps: int, method: str = "ddim", *,
-           grid: str | None = None, generator: torch.Generator | None = None, info: dict | None = None,
-           progress: bool = False, **options) -> torch.Tensor:
+           grid: str | None = None, profile_grid: str | None = None, generator: torch.Generator | None = None,
+           info: dict | None = None, progress: bool = False, **options) -> torch.Tensor:
     """Run ``method`` from x_T over the grid ``time_pairs(schedule, num_steps, grid)``; returns x_0.
 
-    ``grid`` None: the method's default ('uniform'; 'quad' for deis; 'edm' for heun/restart); a grid the
-    method does not run on is refused. Options per method: ddim ``eta`` (0, in [0, 1]); deis ``ab_order``
+    ``grid`` None: ``profile_grid`` (a profile's ``sample.grid``) when the method runs on it, else the
+    method's default ('uniform'; 'quad' for deis; 'edm' for heun/restart); a ``grid`` the method does not
+    run on is refused. Options per method: ddim ``eta`` (0, in [0, 1]); deis ``ab_order``
     (3: the DEIS code's tAB3, four ε values; 0 = DDIM); ts-ddim/ts-pndm ``window``, ``cutoff``, ``query``;
     restart ``k``, ``n_r``, ``sigma_min``, ``sigma_max``, ``gamma``, ``s_min``, ``s_max``, ``s_noise``;
     ddpm, spndm, pndm, heun none. ``generator`` drives all randomness (DDIM η > 0, DDPM, Restart).
@@ -384,7 +387,7 @@ def sample(eps_model, x_T: torch.Tensor, schedule: Schedule, num_steps: int, met
     opts = spec.resolve(options)
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
         raise ValueError("x_T must be a floating-point tensor [N, ...]")
-    grid = spec.grid(grid)
+    grid = spec.grid(grid, profile_grid)
     pairs = time_pairs(schedule, num_steps, grid)  # validates num_steps and grid
     counter = NFECounter(eps_model)
     details = {"timesteps": [t for t, _ in pairs]}

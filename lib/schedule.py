@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-GRIDS = ("uniform", "quad")
+from lib.infra.config import DDIM_GRIDS as GRIDS  # the names of the grids Schedule.timesteps computes
 
 
 @dataclass(frozen=True, eq=False)

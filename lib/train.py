@@ -2,13 +2,14 @@
 
     python -m lib.train --profile cpu --arm s2dm --out data/runs/cpu/s2dm [--set train.steps=500 ...]
 
-writes ``DIR/config.json``, ``DIR/run.json``, ``DIR/loss.csv``, checkpoints ``DIR/ckpt-<step>.pt``
+writes ``DIR/config.json``, ``DIR/run.json``, ``DIR/loss.csv`` (lib.infra.runlog), checkpoints ``DIR/ckpt-<step>.pt``
 (atomic, the last ``train.keep_ckpts`` kept) and the final EMA weights ``DIR/final.pt`` (a state
 dict) with ``DIR/final.json`` (its step, config, code fingerprint and checksum; lib.infra.rundir). Started
 again with the same arguments it resumes from the newest checkpoint of this run (model, EMA,
 optimiser, step, data order, every RNG state), so a killed run ends with the same weights as an
 uninterrupted one (on CPU). One process trains a directory at a time (a lock); a run made by other
-training code is moved aside and trained again. Under ``torchrun`` it trains with DDP.
+training code is moved aside and trained again. Under ``torchrun`` it trains with DDP (the process's
+rank, world size and device: lib.infra.distributed's run context).
 
 The recipe is the DDIM code's (docs/method.md §1): Adam, gradient-norm clip, EMA, antithetic t, random
 horizontal flip, data in [-1, 1].
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import errno
 import math
 import os
@@ -33,16 +33,16 @@ import torch.distributed as dist
 from lib.infra.progress import tqdm
 
 from lib.infra import checkpoint as ckpt
-from lib.infra import rundir
+from lib.infra import distributed, rundir, runlog
+from lib.infra.distributed import RunContext
 from lib.infra.config import Config, ConfigError, get_config, toy_config, with_overrides
-from lib.data import TOY_DATASETS, DatasetMissing
+from lib.data import BatchSource, DatasetMissing
 from lib.factory import build_model, resolve_device, schedule_of
 from lib.losses import s2dm_loss
 from lib.related import cdm
 
-ARMS = ("baseline", "s2dm", "cdm")
-RESUMABLE_KEYS = rundir.RESUMABLE_KEYS
-LOG_FIELDS = ("step", "loss", "l0", "lskip", "lr", "grad_norm", "images_per_s")
+PAPER_ARMS = ("baseline", "s2dm")  # the paper's comparison (the baseline is the S²-DM loss with τ = 1)
+ARMS = PAPER_ARMS + ("cdm",)  # every arm train() trains: the CDM arm is a neighbour (lib.related.cdm, notebook 06)
 # The source a training run executes (its code fingerprint, lib.infra.rundir): the loop, loss, schedule, data,
 # factory, the network (the MLP uses unet's time embedding) and the arm's own module.
 TRAINED_BY = ("lib/train.py", "lib/losses.py", "lib/schedule.py", "lib/data.py", "lib/factory.py", "lib/unet.py")
@@ -60,60 +60,6 @@ def training_code(model_kind: str, arm: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- building blocks
-class BatchSource:
-    """Mini-batches with a resumable order: epoch permutations of an image set, or fresh toy samples.
-
-    All randomness comes from ``generator`` (CPU) so its state, with the epoch permutation and the
-    position in it, restores the data order exactly. Under DDP every rank draws the same global
-    permutation and flip mask and keeps its own slice."""
-
-    def __init__(self, data_cfg, device, generator: torch.Generator, rank: int = 0, world: int = 1,
-                 batch_size: int = 0):
-        from lib import data
-
-        self.flip, self.device, self.g, self.rank, self.world = data_cfg.random_flip, device, generator, rank, world
-        self.toy = data_cfg.dataset in TOY_DATASETS
-        if self.toy:
-            self.gmm = data.toy_distribution(data_cfg.dataset)
-        else:
-            images, _ = data.load_images(data_cfg)
-            if batch_size > len(images):  # would be capped silently (and images/s overstated)
-                raise ConfigError(f"train.batch_size={batch_size} exceeds the {len(images)} images loaded from "
-                                  f"{data_cfg.dataset}: lower train.batch_size")
-            self.images = images.to(device)  # uint8 on the device: no loader workers, no host copies
-            self.perm, self.pos = self._new_perm(), 0
-
-    def _new_perm(self):
-        return torch.randperm(len(self.images), generator=self.g)
-
-    def next(self, global_batch: int) -> torch.Tensor:
-        lb = global_batch // self.world
-        if self.toy:
-            x = self.gmm.sample(global_batch, generator=self.g)
-            return x[self.rank * lb:(self.rank + 1) * lb].to(self.device)
-        if self.pos + global_batch > len(self.perm):  # drop the ragged end of an epoch
-            self.perm, self.pos = self._new_perm(), 0
-        idx = self.perm[self.pos:self.pos + global_batch]
-        self.pos += global_batch
-        flip = torch.rand(global_batch, generator=self.g) < 0.5
-        idx, flip = idx[self.rank * lb:(self.rank + 1) * lb], flip[self.rank * lb:(self.rank + 1) * lb]
-        x = self.images[idx.to(self.device)].float().div_(127.5).sub_(1.0)
-        if self.flip:
-            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
-        return x
-
-    def state_dict(self) -> dict:
-        s = {"generator": self.g.get_state()}
-        if not self.toy:
-            s.update(perm=self.perm, pos=self.pos)
-        return s
-
-    def load_state_dict(self, s: dict):
-        self.g.set_state(s["generator"])
-        if not self.toy:
-            self.perm, self.pos = s["perm"], int(s["pos"])
-
-
 def make_loss(cfg: Config, arm: str, schedule):
     """``loss_fn(model, x0, generator, parts) -> per-sample loss`` for an arm."""
     if arm not in ARMS:
@@ -196,37 +142,6 @@ class EMA:
             self.num_updates = num_updates
 
 
-def seconds_per_step(cfg: Config, arm: str, n_steps: int = 3, warmup: int = 1, device="cpu") -> float:
-    """Wall time of one :func:`train_step` of ``arm`` under ``cfg`` (loss, backward, clip, Adam, EMA).
-
-    A fresh model of ``cfg.model`` on one real batch of ``cfg.data``, under ``cfg.train.amp`` as
-    :func:`train` runs it; ``warmup`` untimed steps first. Only ratios between arms measured in the
-    same process are meaningful (notebook 06: the cost of the CDM arm)."""
-    from lib import data
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_rampup)
-    if cfg.data.dataset in TOY_DATASETS:
-        x0 = data.toy_distribution(cfg.data.dataset).sample(cfg.train.batch_size, generator=torch.Generator().manual_seed(0))
-    else:
-        x0 = data.to_model_range(data.load_images(cfg.data)[0][:cfg.train.batch_size])
-    x0 = x0.float().to(device)
-    loss_fn = make_loss(cfg, arm, schedule_of(cfg))
-    g = torch.Generator(device=device).manual_seed(0)
-    autocast = make_autocast(cfg.train, device)
-    elapsed = 0.0
-    for i in range(warmup + n_steps):
-        t0 = time.perf_counter()
-        train_step(model, opt, ema, loss_fn, x0, g, grad_clip=cfg.train.grad_clip, autocast=autocast)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            elapsed += time.perf_counter() - t0
-    return elapsed / n_steps
-
-
 def make_optimizer(model: torch.nn.Module, t, device) -> torch.optim.Adam:
     """Adam of a ``train`` section (fused on CUDA when ``t.fused_adam``)."""
     fused = {"fused": True} if t.fused_adam and torch.device(device).type == "cuda" else {}
@@ -237,40 +152,6 @@ def make_optimizer(model: torch.nn.Module, t, device) -> torch.optim.Adam:
 def make_autocast(t, device):
     """The autocast context of a ``train`` section (bf16 or disabled)."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
-
-
-# ---------------------------------------------------------------------------- distributed
-def _dist_info():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("S2DM_DDP_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, (dist.get_world_size() if dist.is_initialized() else 1)
-
-
-def _gather(obj, world):
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _on_rank0(fn, rank, world):
-    """``fn()`` on rank 0, its result on every rank; an error there is raised on every rank (no hang)."""
-    result, err = None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except Exception as e:
-            err = e
-    shared = _gather((result, None if err is None else str(err)), world)[0]
-    if err is not None:
-        raise err
-    if shared[1] is not None:
-        raise rundir.RunDirError(shared[1])
-    return shared[0]
 
 
 # ---------------------------------------------------------------------------- the parts of train()
@@ -285,16 +166,12 @@ class TrainState:
     source: BatchSource
     loss_fn: object
     g_noise: torch.Generator
-    device: torch.device
+    ctx: RunContext  # rank, world and device of this process
     init_record: dict | None = None  # where the initial weights came from (--init-from), for run.json
 
-
-def _device(t, world: int) -> torch.device:
-    device = resolve_device(t.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return device
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
 
 
 def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
@@ -316,22 +193,22 @@ def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
     return problem is None
 
 
-def _build_state(cfg: Config, arm: str, device, rank: int, world: int, init_from=None) -> TrainState:
+def _build_state(cfg: Config, arm: str, ctx: RunContext, init_from=None) -> TrainState:
     """Fresh model, EMA, optimiser, data source and noise stream of a run (before any resume).
     The one place where the weights are initialised: seeded, or from ``init_from`` (lib.pretrained)."""
-    t = cfg.train
+    t, device = cfg.train, ctx.device
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every arm
     model = build_model(cfg.model).to(device)
     init_record = _init_from(model, init_from)  # before the EMA copies the weights, and before resume
-    if world > 1:  # the global RNG now only drives dropout: give each rank its own masks
-        torch.manual_seed(t.seed + 1_000_003 * rank)
+    if ctx.world > 1:  # the global RNG now only drives dropout: give each rank its own masks
+        torch.manual_seed(t.seed + 1_000_003 * ctx.rank)
     if t.channels_last and cfg.model.kind == "unet":
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, t.ema_decay, t.ema_rampup)
-    source = BatchSource(cfg.data, device, torch.Generator().manual_seed(t.seed + 1), rank, world, t.batch_size)
-    g_noise = torch.Generator(device=device).manual_seed(t.seed * 7919 + 2 + rank)
+    source = BatchSource(cfg.data, device, torch.Generator().manual_seed(t.seed + 1), ctx.rank, ctx.world, t.batch_size)
+    g_noise = torch.Generator(device=device).manual_seed(t.seed * 7919 + 2 + ctx.rank)
     return TrainState(model, model, ema, make_optimizer(model, t, device), source,
-                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, device, init_record)
+                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, ctx, init_record)
 
 
 def _shapes_match(model: torch.nn.Module, sd: dict) -> bool:
@@ -339,7 +216,7 @@ def _shapes_match(model: torch.nn.Module, sd: dict) -> bool:
     return own.keys() == sd.keys() and all(own[k].shape == sd[k].shape for k in own)
 
 
-def _resume(out: Path, st: TrainState, cfg: Config, arm: str, code: dict, rank: int, world: int):
+def _resume(out: Path, st: TrainState, cfg: Config, arm: str, code: dict):
     """Load the newest checkpoint of *this* run (arm, trajectory config and code as recorded in it);
     foreign or unreadable ones are skipped with a warning. Returns ``(start_step, checkpoint or None)``."""
     files = ckpt.list_checkpoints(out)
@@ -363,8 +240,8 @@ def _resume(out: Path, st: TrainState, cfg: Config, arm: str, code: dict, rank: 
         st.ema.load_state_dict(state["ema"], num_updates=start)
         st.opt.load_state_dict(state["opt"])
         st.source.load_state_dict(state["data"])
-        _restore_rng(st, state["rng"], cfg.train.seed, start, rank, world)
-        if rank == 0:
+        _restore_rng(st, state["rng"], cfg.train.seed, start)
+        if st.ctx.main:
             print(f"resuming {out} from {path.name} (step {start})", file=sys.stderr)
         return start, path
     if files:
@@ -373,8 +250,9 @@ def _resume(out: Path, st: TrainState, cfg: Config, arm: str, code: dict, rank: 
     return 0, None
 
 
-def _restore_rng(st: TrainState, rng: list, seed: int, start: int, rank: int, world: int):
-    if len(rng) == world:  # the same process layout: continue every rank's streams exactly
+def _restore_rng(st: TrainState, rng: list, seed: int, start: int):
+    rank = st.ctx.rank
+    if len(rng) == st.ctx.world:  # the same process layout: continue every rank's streams exactly
         mine = rng[rank]
         st.g_noise.set_state(mine["noise"].cpu())
         torch.set_rng_state(mine["cpu"].cpu())
@@ -385,17 +263,18 @@ def _restore_rng(st: TrainState, rng: list, seed: int, start: int, rank: int, wo
         torch.manual_seed((seed * 1_000_003 + rank) * 104_729 + start + 1)
 
 
-def _loop(st: TrainState, t, out: Path, start: int, last_good, meta: dict, rank: int, world: int, progress: bool):
+def _loop(st: TrainState, t, out: Path, start: int, last_good, meta: dict, progress: bool):
     """Steps ``start`` .. ``t.steps`` of a ``train`` section: warm-up lr, :func:`train_step`, the log
     (global-batch means) every ``t.log_every`` steps, a checkpoint every ``t.ckpt_every``."""
     image = not st.source.toy
     check_every = 1 if st.device.type == "cpu" else t.log_every  # a finiteness check syncs the GPU
-    acc = {k: torch.zeros((), device=st.device) for k in ("loss", "l0", "lskip", "grad_norm")}
+    terms = ("l0", "lskip", "consistency")  # the parts of the loss an arm reports (0 where it has none)
+    acc = {k: torch.zeros((), device=st.device) for k in ("loss", *terms, "grad_norm")}
     n_acc, t0 = 0, time.perf_counter()
     autocast = make_autocast(t, st.device)
     st.model.train()
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=f"train {meta['arm']}",
-               disable=not progress or rank != 0, mininterval=1.0)
+               disable=not progress or not st.ctx.main, mininterval=1.0)
     for step in bar:
         x0 = st.source.next(t.batch_size)
         if t.channels_last and image:
@@ -409,23 +288,25 @@ def _loop(st: TrainState, t, out: Path, start: int, last_good, meta: dict, rank:
                                          check_finite=(step + 1) % check_every == 0)
         except NonFiniteLoss as e:
             _nonfinite(e.value, step, meta["arm"], last_good)
-        for k, v in (("loss", loss), ("l0", parts.get("l0", loss).mean()), ("grad_norm", gn.float()),
-                     ("lskip", parts.get("lskip", torch.zeros((), device=st.device)).mean())):
-            acc[k] += v
+        zero = torch.zeros((), device=st.device)
+        acc["loss"] += loss
+        acc["grad_norm"] += gn.float()
+        for k in terms:
+            acc[k] += parts.get(k, loss if k == "l0" else zero).mean()
         n_acc, done = n_acc + 1, step + 1
         if done % t.log_every == 0 or done == t.steps:
-            vals = _log_means(acc, n_acc, world)
+            vals = _log_means(acc, n_acc, st.ctx.world)
             if not math.isfinite(vals["loss"]):
                 _nonfinite(vals["loss"], step, meta["arm"], last_good)
-            if rank == 0:
-                _append_log(out / "loss.csv", {"step": done, **vals, "lr": lr,
+            if st.ctx.main:
+                runlog.append_row(out, {"step": done, **vals, "lr": lr,
                                                "images_per_s": n_acc * t.batch_size / max(time.perf_counter() - t0, 1e-9)})
                 bar.set_postfix(loss=f"{vals['loss']:.4f}")
             n_acc, t0 = 0, time.perf_counter()
         if done % t.ckpt_every == 0 or done == t.steps:
             if not torch.isfinite(loss):
                 _nonfinite(loss, step, meta["arm"], last_good)
-            last_good = _save(st, out, done, t.keep_ckpts, meta, rank, world) or last_good
+            last_good = _save(st, out, done, t.keep_ckpts, meta) or last_good
     bar.close()
 
 
@@ -441,22 +322,22 @@ def _log_means(acc: dict, n: int, world: int) -> dict:
     return vals
 
 
-def _save(st: TrainState, out: Path, step: int, keep: int, meta: dict, rank: int, world: int):
+def _save(st: TrainState, out: Path, step: int, keep: int, meta: dict):
     """Checkpoint ``step`` (every rank's RNG streams gathered; rank 0 writes). Returns its path on rank 0."""
     rng = {"noise": st.g_noise.get_state(), "cpu": torch.get_rng_state()}
     if st.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(st.device)
-    rngs = _gather(rng, world)
-    if rank != 0:
+    rngs = st.ctx.gather(rng)
+    if not st.ctx.main:
         return None
     return ckpt.save_checkpoint(out, step, {
         "step": step, "model": st.model.state_dict(), "ema": st.ema.state_dict(), "opt": st.opt.state_dict(),
         "data": st.source.state_dict(), "rng": rngs, **meta}, keep)
 
 
-def _wrap(st: TrainState, t, world: int):
+def _wrap(st: TrainState, t):
     """What the loss calls: the model, under DDP and/or torch.compile."""
-    if world > 1:
+    if st.ctx.world > 1:
         st.net = torch.nn.parallel.DistributedDataParallel(
             st.model, device_ids=[st.device] if st.device.type == "cuda" else None)
     if t.compile:
@@ -475,45 +356,45 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
     out = Path(out_dir)
     if arm not in ARMS:
         raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
-    rank, world = _dist_info()
     t = cfg.train
-    if t.batch_size % world:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {world} processes")
+    ctx = distributed.join(resolve_device(t.device))
+    if t.batch_size % ctx.world:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {ctx.world} processes")
     code = training_code(cfg.model.kind, arm)
-    with _claimed(out, rank, world):
+    with _claimed(out, ctx):
         moved = _same_init(out, init_from)
         if moved:  # its source was retrained: the fine-tune is superseded (moved aside), as a stale run is
-            _on_rank0(lambda: rundir.supersede(out, moved) and None, rank, world)
+            ctx.on_main(lambda: rundir.supersede(out, moved) and None, rundir.RunDirError)
         # 1. the directory: this run's, finished, stale (moved aside) or another run's (refused)
-        if _on_rank0(lambda: _prepare(out, cfg, arm, code), rank, world):
+        if ctx.on_main(lambda: _prepare(out, cfg, arm, code), rundir.RunDirError):
             return out / "final.pt"
         # 2. fresh state, then this run's newest checkpoint
-        st = _build_state(cfg, arm, _device(t, world), rank, world, init_from)
-        start, last_good = _resume(out, st, cfg, arm, code, rank, world)
-        if rank == 0:
+        st = _build_state(cfg, arm, ctx, init_from)
+        start, last_good = _resume(out, st, cfg, arm, code)
+        if ctx.main:
             rundir.write_run_files(out, cfg, arm, code, {
-                "world_size": world, "device": str(st.device), "torch": torch.__version__,
+                "world_size": ctx.world, "device": str(st.device), "torch": torch.__version__,
                 "python": platform.python_version(), "command": " ".join(sys.argv),
                 **rundir.kept_init(out, st.init_record, start)})
-            _truncate_log(out / "loss.csv", start)
+            runlog.truncate(out, start)
         # 3. the loop
-        _wrap(st, t, world)
+        _wrap(st, t)
         meta = {"config": cfg.to_dict(), "arm": arm, "code": code}
-        _loop(st, t, out, start, last_good, meta, rank, world, progress)
+        _loop(st, t, out, start, last_good, meta, progress)
         # 4. finish: final.pt written, read back and recorded in final.json
         final = out / "final.pt"
-        if rank == 0:
+        if ctx.main:
             rundir.write_final(out, st.ema.state_dict(), t.steps, cfg, arm, code)
-        if world > 1:
+        if ctx.world > 1:
             dist.barrier()
     return final
 
 
 @contextlib.contextmanager
-def _claimed(out: Path, rank: int, world: int):
+def _claimed(out: Path, ctx: RunContext):
     """Rank 0 holds the run directory's lock for the whole run; every rank learns if it failed."""
     with contextlib.ExitStack() as stack:
-        _on_rank0(lambda: stack.enter_context(rundir.claim(out)) and None, rank, world)
+        ctx.on_main(lambda: stack.enter_context(rundir.claim(out)) and None, rundir.RunDirError)
         yield
 
 
@@ -547,46 +428,6 @@ def _nonfinite(loss, step, arm, last_good):
     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
     raise NonFiniteLoss(f"training ({arm}) stopped: the loss is {v} at step {step + 1}; {where}. Nothing after it "
                         f"was saved. Lower train.lr, raise train.warmup or check the data, and train into a new --out.")
-
-
-def _truncate_log(path: Path, upto: int):
-    """Keep only the log rows of steps <= ``upto`` (a resumed run rewrites what follows)."""
-    if not path.exists():
-        return
-    with open(path) as f:  # a torn last row (killed mid-append) or a foreign row is dropped
-        rows = [r for r in csv.DictReader(f) if _log_row_ok(r) and int(r["step"]) <= upto]
-    ckpt.atomic_write_text(path, ",".join(LOG_FIELDS) + "\n" + "".join(
-        ",".join(r[k] for k in LOG_FIELDS) + "\n" for r in rows))
-
-
-def _log_row_ok(r: dict) -> bool:
-    """A complete row of loss.csv (every field a number, the step an integer)."""
-    try:
-        [float(r[k]) for k in LOG_FIELDS]
-        int(r["step"])
-        return True
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
-def _append_log(path: Path, row: dict):
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(LOG_FIELDS) + "\n")
-        f.write(",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in LOG_FIELDS) + "\n")
-
-
-def read_log(run_dir) -> dict[str, list[float]]:
-    """``loss.csv`` as columns of floats."""
-    path = Path(run_dir) / "loss.csv"
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    try:
-        return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
-    except (KeyError, TypeError, ValueError) as e:  # a torn or edited log: one line naming it
-        raise rundir.RunDirError(f"{path} is torn or not this project's log ({type(e).__name__}: {e}); run the "
-                                 f"training command again (it rewrites the log from its checkpoints' steps)") from None
 
 
 # ---------------------------------------------------------------------------- command line

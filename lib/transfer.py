@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from lib.infra.config import DDIM_GRIDS
 from lib.schedule import Schedule
 
 __all__ = ["time_tensor", "progress_iter", "ab_table", "grid_table", "lincomb", "noise_like", "ddim_from_ab",
@@ -120,7 +121,7 @@ def pndm_midpoint(t: int, t_next: int) -> int:
 # ============================================================================ time grids
 # A sampler receives its grid as (t, t') pairs (k-diffusion passes sigmas the same way); sample() builds
 # them from (num_steps, grid) and refuses a grid the method does not run on.
-DDIM_GRIDS = ("uniform", "quad")  # the DDIM code's integer grids (Schedule.timesteps)
+# DDIM_GRIDS: the DDIM code's integer grids (Schedule.timesteps; the values of sample.grid, lib.infra.config)
 EDM_GRIDS = ("edm", "edm-full")  # EDM's ρ = 7 grid in σ, fractional times
 GRIDS = DDIM_GRIDS + EDM_GRIDS
 EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_RHO = 80.0, 0.002, 7.0  # EDM's (and the Restart code's) CIFAR-10 VP setting
@@ -148,7 +149,7 @@ def edm_times(schedule: Schedule, num_steps: int, grid: str = "edm", rho: float 
       covers t ∈ [−1, T−1], i.e. σ ≥ 0, so σ_min = 0.002 lies at t ≈ −0.96, below the DDPM network's
       smallest trained time t = 0 (σ = 0.01): only the last grid point is there).
     * ``edm-full``: σ from σ(T−1) to σ(0) with t_0 = T−1 and t_{N−1} = 0 exactly, the whole trained range
-      (this project's Heun/Restart grid before issue 12)."""
+      (this project's Heun/Restart grid before docs/method.md §8.1)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps (the number N of EDM grid points) must be a positive integer, got {num_steps!r}")
     s_top = float(schedule.sigma(schedule.T - 1))

@@ -9,9 +9,8 @@ Module names follow the reference code (``temb.dense``, ``down[i].block[j]``, ``
 so a state dict saved by it loads here unchanged. The CIFAR-10 configuration has 35,746,307
 parameters, the CelebA-64 one (ch_mult (1,2,2,2,4)) 78,700,803.
 
-Skip-Tuning (Ma et al. 2024) is built in: set ``unet.skip_rho`` to ``num_skips`` factors and skip k
-(k = 0 the conv_in output, the outermost; k = num_skips-1 the innermost) enters the decoder as
-``rho[k] * skip``.
+``skip_channels[k]`` is the width of skip k in push order (k = 0 the conv_in output, the outermost;
+k = ``num_skips`` − 1 the innermost); the decoder consumes them innermost first.
 """
 from __future__ import annotations
 
@@ -229,7 +228,7 @@ class UNet(nn.Module):
                                        dropout=dropout, norm_groups=G)
 
         # decoder: num_res_blocks + 1 blocks per level, each consuming one skip (innermost first)
-        self.num_skips = len(skip_chs)
+        self.skip_channels, self.num_skips = tuple(skip_chs), len(skip_chs)
         pending = list(skip_chs)
         up = []
         for i in reversed(range(L)):
@@ -250,25 +249,6 @@ class UNet(nn.Module):
 
         self.norm_out = Normalize(block_in, G)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, stride=1, padding=1)
-        self._skip_rho = None
-
-    # ------------------------------------------------------------------ Skip-Tuning
-    @property
-    def skip_rho(self):
-        """Skip-Tuning factors ρ_k, k in push order (0 = conv_in output, outermost); None = plain UNet."""
-        return self._skip_rho
-
-    @skip_rho.setter
-    def skip_rho(self, rho):
-        if rho is None:
-            self._skip_rho = None
-            return
-        vals = tuple(float(r) for r in (rho.detach().flatten().tolist() if torch.is_tensor(rho) else rho))
-        if len(vals) != self.num_skips or not all(math.isfinite(r) for r in vals):
-            raise ValueError(f"skip_rho must hold {self.num_skips} finite factors (one per skip connection, "
-                             f"outermost first), got {len(vals)}: {vals}")
-        # Python floats: no device/dtype to manage, and multiplying by 1.0 is exact
-        self._skip_rho = vals
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -288,14 +268,10 @@ class UNet(nn.Module):
         h = hs[-1]
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
 
-        rho = self._skip_rho
         for i in reversed(range(self.num_resolutions)):
             level = self.up[i]
             for j, block in enumerate(level.block):
-                s = hs.pop()
-                if rho is not None:
-                    s = s * rho[len(hs)]  # after the pop, len(hs) is this skip's push index
-                h = block(torch.cat([h, s], dim=1), temb)
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)
                 if len(level.attn) > 0:
                     h = level.attn[j](h)
             if i != 0:

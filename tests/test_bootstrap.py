@@ -1,4 +1,4 @@
-"""The notebooks as their users open them: JupyterLab, Colab, Binder (issue: Colab, Binder and JupyterLab).
+"""The notebooks as their users open them: JupyterLab, Colab, Binder (README: "Opening the notebooks").
 
 * every notebook's first code cell is ``scripts/bootstrap_cell.py``, badges and parameters are in sync;
 * notebook 01 runs under papermill in an interpreter where the project is *not* installed and
@@ -163,6 +163,25 @@ def test_install_missing_installs_only_absent_pins_and_never_torch(tmp_path):
     assert cmd.split()[-1] == "s2dm-surely-absent-pkg==1.2.3" and "numpy" not in cmd and "torch" not in cmd, cmd
     from importlib import metadata
     assert f"holding torch=={metadata.version('torch')}" in r.stdout, r.stdout
+
+
+def test_install_missing_offline_installs_only_the_named_pins_from_a_wheel_folder(tmp_path):
+    """The GPU check's route (make gpu-check with .whl/): the same installer, restricted and offline."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("s2dm-absent-one==1.0\ns2dm-absent-two==2.0\n")
+    b.write_text("s2dm-absent-three==3.0\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_missing.py"), "--requirements", str(a),
+                        "--requirements", str(b), "--only", "s2dm-absent-one,s2dm_absent_three", "--offline", str(wheels),
+                        "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cmd = next(ln for ln in r.stdout.splitlines() if "dry run:" in ln).split()
+    assert cmd[-2:] == ["s2dm-absent-one==1.0", "s2dm-absent-three==3.0"] and "s2dm-absent-two==2.0" not in cmd
+    assert cmd[cmd.index("--find-links") + 1] == str(wheels) and "--no-index" in cmd
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_missing.py"), "--requirements", str(a),
+                        "--offline", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert r.returncode == 2 and "nowhere not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def pins(path: Path) -> dict:

@@ -14,7 +14,9 @@ from lib.analytic import gaussian_eps
 from lib.infra.config import get_config, toy_config, with_overrides
 from lib.mlp import ToyMLP
 from lib.schedule import linear_schedule
-from lib.train import read_log, seconds_per_step, train
+from lib.experiment.steptime import seconds_per_step
+from lib.infra.runlog import read_log
+from lib.train import train
 from lib.unet import build_unet
 
 SCH = linear_schedule()
@@ -38,13 +40,13 @@ def test_lambda_zero_is_the_ddpm_loss_exactly(kind):
     ref = losses.ddpm_loss(net, x0, SCH, t=t, noise=noise)
     parts = {}
     assert torch.equal(cdm.cdm_loss(net, x0, SCH, lam=0.0, t=t, noise=noise, parts=parts), ref)
-    assert torch.equal(parts["l0"], ref) and not parts["lskip"].any()
+    assert torch.equal(parts["l0"], ref) and not parts["consistency"].any()
     # with λ > 0 the DSM part is still the DDPM loss (the chains do not touch it)
     parts = {}
     loss = cdm.cdm_loss(net, x0, SCH, lam=10.0, t=t, noise=noise, generator=torch.Generator().manual_seed(2), parts=parts)
     torch.testing.assert_close(parts["l0"], ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss, parts["l0"] + 10.0 * parts["lskip"])
-    assert bool(parts["lskip"].abs().sum() > 0)
+    torch.testing.assert_close(loss, parts["l0"] + 10.0 * parts["consistency"])
+    assert bool(parts["consistency"].abs().sum() > 0)
 
 
 class Recorder(torch.nn.Module):
@@ -109,7 +111,7 @@ def test_consistency_term_vanishes_for_an_exact_model_only():
     for name, m in (("exact", lambda x, tt: gaussian_eps(x, tt, SCH, s)), ("drifting", drifting)):
         parts = {}
         cdm.cdm_loss(m, x0, SCH, lam=1.0, dsigma=0.3, t=t, generator=torch.Generator().manual_seed(2), parts=parts)
-        v = parts["lskip"]
+        v = parts["consistency"]
         z[name] = float(v.mean() / (v.std() / n**0.5))
     assert abs(z["exact"]) < 3 and z["drifting"] > 4, z
 
@@ -122,7 +124,7 @@ def test_edm_weighting_and_bad_input():
     cdm.cdm_loss(m, x0, SCH, lam=1.0, t=t, generator=torch.Generator().manual_seed(1), parts=p_edm)
     cdm.cdm_loss(m, x0, SCH, lam=1.0, t=t, weighting="none", generator=torch.Generator().manual_seed(1), parts=p_none)
     c = 0.25 / (float(SCH.sigma(800)) ** 2 + 0.25)
-    torch.testing.assert_close(p_edm["lskip"], c * p_none["lskip"], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(p_edm["consistency"], c * p_none["consistency"], rtol=1e-5, atol=1e-9)
     with pytest.raises(ValueError, match="weighting"):
         cdm.cdm_loss(m, x0, SCH, weighting="sigma")
     with pytest.raises(ValueError, match="lam >= 0"):
@@ -136,7 +138,8 @@ def test_cdm_arm_trains_through_lib_train_and_as_a_finetune(tmp_path):
     train(cfg, "cdm", tmp_path / "cdm_scratch", progress=False)
     lg = read_log(tmp_path / "cdm_scratch")
     assert lg["step"] == [2.0, 4.0]
-    assert torch.isfinite(torch.tensor(lg["loss"] + lg["lskip"])).all() and any(v != 0 for v in lg["lskip"])
+    assert torch.isfinite(torch.tensor(lg["loss"] + lg["consistency"])).all() and any(v != 0 for v in lg["consistency"])
+    assert not any(lg["lskip"])  # the CDM term is logged under its own name, not as S²-DM's L_skip
     # fine-tune: resume the baseline's newest checkpoint under the cdm arm
     assert rundir.seed(base.parent, tmp_path / "ft") == 4
     assert rundir.seed(base.parent, tmp_path / "ft") == -1  # already seeded: untouched

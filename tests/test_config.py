@@ -88,3 +88,15 @@ def test_a_run_config_with_invalid_json_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json is not valid JSON"):
         load_json(tmp_path / "config.json")
+
+
+def test_every_profile_number_is_a_plain_setting_in_lib_infra_profiles():
+    """A profile is data (section.key -> literal) over the schema's defaults; get_config builds exactly it."""
+    from lib.infra import profiles
+
+    for name, settings in profiles.PROFILES.items():
+        cfg = get_config(name)
+        for key, value in settings.items():
+            section, field = key.split(".")
+            assert not callable(value) and getattr(getattr(cfg, section), field) == value, (name, key)
+    assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILES)

@@ -236,3 +236,14 @@ def test_celeba_missing_message(tmp_path):
     msg = str(e.value)
     assert str((tmp_path / "celeba" / "img_align_celeba").resolve()) in msg
     assert "img_align_celeba.zip" in msg and "list_eval_partition.txt" in msg and "manually" in msg
+
+
+def test_training_batch_is_the_model_range_then_the_flip_mask():
+    """The one path from stored uint8 images to a training batch (lib.data.BatchSource uses it)."""
+    u = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, False, True, False, False, True])
+    x, ref = data.training_batch(u, mask), data.to_model_range(u)
+    assert torch.equal(x[mask], ref[mask].flip(-1)) and torch.equal(x[~mask], ref[~mask])
+    assert torch.equal(data.training_batch(u), ref)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(data.random_flip(ref, g1), data.training_batch(u, torch.rand(6, generator=g2) < 0.5))

@@ -1,5 +1,6 @@
-"""bench/gpu_check.py: the dry run goes through every section on the CPU, and the result file keeps
-every finished section when a run is cut short.
+"""bench/gpu_check.py: the dry run goes through every section on the CPU (its correctness section runs
+tests/test_cuda.py's ``cuda`` tests there), and the result file keeps every finished section when a run
+is cut short.
 
 The dry run is the check's only test before a GPU is seen: the same code paths at tiny sizes, its
 speed verdicts meaningless (they are labelled so), its correctness checks real (CPU against CPU, and
@@ -39,12 +40,12 @@ def test_dry_run_runs_every_section(dry_run):
         bad = [c for c in s["checks"] if c["result"] in ("error", "skipped", "FAIL")]
         assert not bad, (name, bad)
         assert f"## {name}" in md
-    checks = {c["check"] for c in secs["correctness"]["checks"]}
+    checks = {c["check"] for c in secs["correctness"]["checks"]}  # the tests of tests/test_cuda.py (pytest -m cuda)
     from lib import samplers
     for method in samplers.METHODS:  # every registered sampler was compared
-        assert any(c.startswith(f"sampler {method} ") for c in checks), method
-    assert any("DDP" in c for c in checks) and any("lib.generate" in c for c in checks)
-    assert any("bf16" in c for c in checks) and any("channels_last vs contiguous" in c for c in checks)
+        assert any(c.startswith("sampler ") and c.endswith(f"[{method}]") for c in checks), method
+    assert any("ddp" in c for c in checks) and any("generate" in c for c in checks)
+    assert any("bf16" in c for c in checks) and any("channels last matches contiguous" in c for c in checks)
     e2e = {c["check"]: c["result"] for c in secs["end_to_end"]["checks"]}
     assert any("killed" in k for k in e2e) and any("loss falls" in k for k in e2e), e2e
 
@@ -113,4 +114,4 @@ def test_no_copy_of_the_training_step():
     for f in ("gpu_check.py", "timing.py", "unet2d_twin.py"):
         src = (BENCH / f).read_text()
         assert not re.search(r"\.backward\(|\bopt\.step\(|zero_grad\(|clip_grad_norm_", src), f
-    assert "train_step(" in (BENCH / "timing.py").read_text()
+    assert "train_step(" in (BENCH.parent / "lib" / "experiment" / "steptime.py").read_text()  # the step timer bench/timing.py uses

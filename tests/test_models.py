@@ -181,46 +181,6 @@ def test_attention_equals_explicit_softmax_float64():
     torch.testing.assert_close(blk(x), ref, rtol=0, atol=1e-12)
 
 
-# ---------------------------------------------------------------------------- Skip-Tuning
-def test_skip_rho_none_or_ones_is_bit_identical():
-    net = tiny_unet()
-    x, t = torch.randn(3, 1, 8, 8), torch.tensor([1.0, 50.5, 800.0])
-    with torch.no_grad():
-        plain = net(x, t)
-        net.skip_rho = [1.0] * net.num_skips
-        ones = net(x, t)
-        net.skip_rho = torch.ones(net.num_skips)
-        ones_t = net(x, t)
-        net.skip_rho = [1.0] * (net.num_skips - 1) + [0.7]
-        scaled = net(x, t)
-        net.skip_rho = None
-        back = net(x, t)
-    assert torch.equal(plain, ones) and torch.equal(plain, ones_t) and torch.equal(plain, back)
-    assert (scaled - plain).abs().max() > 1e-4
-
-
-def test_skip_rho_order_outermost_first():
-    net = tiny_unet()  # ci: skips 0 conv_in, 1 down0.block0, 2 downsample, 3 down1.block0+attn
-    assert net.num_skips == 4
-    seen = {}
-    hooks = [
-        net.conv_in.register_forward_hook(lambda m, i, o: seen.__setitem__("outer", o)),
-        net.down[1].attn[0].register_forward_hook(lambda m, i, o: seen.__setitem__("inner", o)),
-        # the decoder consumes the innermost skip first (up[1].block[0]) and the outermost last
-        net.up[0].block[1].register_forward_pre_hook(lambda m, a: seen.__setitem__("in_outer", a[0])),
-        net.up[1].block[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("in_inner", a[0])),
-    ]
-    net.skip_rho = (0.5, 1.0, 1.0, 0.25)
-    with torch.no_grad():
-        net(torch.randn(2, 1, 8, 8), torch.tensor([10.0, 600.0]))
-    for h in hooks:
-        h.remove()
-    torch.testing.assert_close(seen["in_outer"][:, -16:], 0.5 * seen["outer"])
-    torch.testing.assert_close(seen["in_inner"][:, -32:], 0.25 * seen["inner"])
-    with pytest.raises(ValueError, match="4 finite factors"):
-        net.skip_rho = [1.0, 1.0]
-
-
 # ---------------------------------------------------------------------------- performance modes
 def test_channels_last_matches_contiguous():
     net = tiny_unet()

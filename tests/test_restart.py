@@ -225,3 +225,23 @@ def test_released_sigma_max_makes_heun_18_more_accurate_on_the_gaussian_oracle()
         out = samplers.sample(gaussian_model(s), x, SCH, 18, "heun", grid=grid)
         err[grid] = float((out - exact).norm() / exact.norm())
     assert err["edm"] < err["edm-full"], err
+
+
+def test_a_profile_grid_applies_only_to_the_methods_that_run_on_it():
+    """profile_grid (a profile's sample.grid) is used where the method runs on it, else the method's own grid;
+    lib.generate without a grid samples Heun on EDM's grid (the caller resolves nothing)."""
+    from lib import generate
+
+    m, x = gaussian_model(0.5), x_T(4, 2)
+    info = {}
+    heun = samplers.sample(m, x, SCH, 6, "heun", profile_grid="quad", info=info)
+    assert info["grid"] == "edm" and torch.equal(heun, samplers.sample(m, x, SCH, 6, "heun", grid="edm"))
+    samplers.sample(m, x, SCH, 6, "ddim", profile_grid="quad", info=info)
+    assert info["grid"] == "quad"
+    assert samplers.nfe("restart", 6, profile_grid="uniform") == samplers.nfe("restart", 6, "edm")
+    with pytest.raises(ValueError, match="runs on grid"):
+        samplers.sample(m, x, SCH, 6, "heun", grid="quad", profile_grid="quad")  # an explicit grid stays checked
+    out, ref = ({}, {})
+    a = generate.generate(m, SCH, (2,), 4, method="restart", num_steps=6, progress=False, info=out)
+    b = generate.generate(m, SCH, (2,), 4, method="restart", num_steps=6, grid="edm", progress=False, info=ref)
+    assert torch.equal(a, b) and out["nfe"] == ref["nfe"] == samplers.nfe("restart", 6)

@@ -1,4 +1,5 @@
-"""Issue 9: nothing silent, nothing stale, nothing lost. One test (or more) per numbered item.
+"""The run directory's guarantees (docs/method.md §8.3): nothing silent, nothing stale, nothing lost.
+One test (or more) per guarantee, in the order of that list.
 
 The runs are the 2-D toy model of profile ci (a few steps, well under a second each) unless an image
 pipeline is the point."""
@@ -23,6 +24,7 @@ from lib.infra import checkpoint as ckpt
 from lib import data, generate
 from lib.infra import rundir
 from lib import train as T
+from lib.infra.runlog import read_log
 from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,7 @@ def same_state(a, b):
 
 
 # ---------------------------------------------------------------------------- 1. one process per run directory
-def test_1_two_trainings_started_together_on_one_out_one_is_refused(tmp_path):
+def test_two_trainings_started_together_on_one_out_one_is_refused(tmp_path):
     out = tmp_path / "run"
     steps = ["--set", "train.steps=1500", "--set", "train.ckpt_every=500"]
     procs = {arm: subprocess.Popen(CLI + ["--arm", arm, "--out", str(out)] + steps, env=ENV, cwd=ROOT, text=True,
@@ -57,7 +59,7 @@ def test_1_two_trainings_started_together_on_one_out_one_is_refused(tmp_path):
     assert all(ckpt.safe_load(p)["arm"] == winners[0] for p in ckpt.list_checkpoints(out))
 
 
-def test_1_the_lock_of_a_killed_process_is_not_stuck(tmp_path):
+def test_the_lock_of_a_killed_process_is_not_stuck(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen(CLI + ["--arm", "s2dm", "--out", str(out), "--set", "train.steps=100000"], env=ENV, cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,7 +76,7 @@ def test_1_the_lock_of_a_killed_process_is_not_stuck(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 2. checkpoint provenance
-def test_2_foreign_checkpoints_are_skipped_with_a_warning(tmp_path):
+def test_foreign_checkpoints_are_skipped_with_a_warning(tmp_path):
     ref = ckpt.safe_load(T.train(toy(**{"train.steps": 8}), "s2dm", tmp_path / "ref", progress=False))
     T.train(toy(**{"train.steps": 4}), "s2dm", tmp_path / "run", progress=False)  # ckpts 2, 4
     T.train(toy(**{"train.steps": 6}), "baseline", tmp_path / "other", progress=False)
@@ -89,7 +91,7 @@ def test_2_foreign_checkpoints_are_skipped_with_a_warning(tmp_path):
     assert same_state(ref, ckpt.safe_load(tmp_path / "run" / "final.pt"))  # resumed from its own step 4
 
 
-def test_2_when_no_checkpoint_fits_training_says_it_starts_over(tmp_path):
+def test_when_no_checkpoint_fits_training_says_it_starts_over(tmp_path):
     T.train(toy(**{"train.steps": 2}), "baseline", tmp_path / "other", progress=False)
     (tmp_path / "run").mkdir()
     shutil.copy(tmp_path / "other" / "ckpt-00000002.pt", tmp_path / "run" / "ckpt-00000002.pt")
@@ -99,7 +101,7 @@ def test_2_when_no_checkpoint_fits_training_says_it_starts_over(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 3. final.pt is never stale
-def test_3_an_interrupted_extension_never_serves_the_old_final(tmp_path, monkeypatch):
+def test_an_interrupted_extension_never_serves_the_old_final(tmp_path, monkeypatch):
     run = tmp_path / "run"
     T.train(toy(**{"train.steps": 4}), "s2dm", run, progress=False)
     assert json.loads((run / "final.json").read_text())["step"] == 4
@@ -117,13 +119,13 @@ def test_3_an_interrupted_extension_never_serves_the_old_final(tmp_path, monkeyp
     generate.load_model(run)
 
 
-def test_3_fewer_steps_than_trained_is_refused(tmp_path):
+def test_fewer_steps_than_trained_is_refused(tmp_path):
     T.train(toy(**{"train.steps": 4}), "s2dm", tmp_path, progress=False)
     with pytest.raises(ConfigError, match="trained to step 4; train.steps=2"):
         T.train(toy(**{"train.steps": 2}), "s2dm", tmp_path, progress=False)
 
 
-def test_3_a_torn_final_is_rebuilt_not_returned(tmp_path):
+def test_a_torn_final_is_rebuilt_not_returned(tmp_path):
     cfg = toy(**{"train.steps": 4})
     good = ckpt.safe_load(T.train(cfg, "s2dm", tmp_path, progress=False))
     final = tmp_path / "final.pt"
@@ -134,7 +136,7 @@ def test_3_a_torn_final_is_rebuilt_not_returned(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 4. runs do not outlive their code
-def test_4_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tmp_path, monkeypatch):
+def test_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tmp_path, monkeypatch):
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
     real = rundir.code_fingerprint
@@ -152,7 +154,7 @@ def test_4_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(
     assert (tmp_path / "final.pt").stat().st_mtime_ns == mtime
 
 
-def test_4_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
+def test_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
     b.write_text('"""Other doc."""\n# a comment\ndef f(x):\n\n    return x + 1  # why\n')
@@ -162,13 +164,13 @@ def test_4_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
     assert "lib/related/cdm.py" not in T.training_code("unet", "s2dm") and "lib/infra/config.py" not in T.training_code("unet", "s2dm")
 
 
-def test_4_a_changed_profile_definition_retrains_but_other_overrides_are_refused(tmp_path, monkeypatch):
+def test_a_changed_profile_definition_retrains_but_other_overrides_are_refused(tmp_path, monkeypatch):
     from lib.infra import config
 
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
     real = config.PROFILES["ci"]
-    # the ci profile's EMA decay is edited in lib/infra/config.py: the same command now means another run
+    # the ci profile's EMA decay is edited in lib/infra/profiles.py: the same command now means another run
     monkeypatch.setitem(rundir.PROFILES, "ci", lambda: with_overrides(real(), {"train.ema_decay": 0.8}))
     new = toy(**{"train.steps": 4, "train.ema_decay": 0.8})
     with pytest.warns(UserWarning, match="definition of profile 'ci' changed"):
@@ -178,7 +180,7 @@ def test_4_a_changed_profile_definition_retrains_but_other_overrides_are_refused
 
 
 @pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv/bin/python").exists(), reason="needs make")
-def test_4_make_runs_03_again_when_its_runs_are_deleted(tmp_path):
+def test_make_runs_03_again_when_its_runs_are_deleted(tmp_path):
     args = ["make", "--no-print-directory", "-q", "PROFILE=ci", f"ROOT_OUT={tmp_path}", f"PY={ROOT}/.venv/bin/python",
             f"{tmp_path}/figures/ci/03_train.ipynb"]
     executed = tmp_path / "figures" / "ci" / "03_train.ipynb"
@@ -204,7 +206,7 @@ def _notebook(path, body):
 
 
 @pytest.mark.parametrize("fails", [True, False])
-def test_5_a_failed_notebook_does_not_replace_good_tables(tmp_path, fails):
+def test_a_failed_notebook_does_not_replace_good_tables(tmp_path, fails):
     figures = tmp_path / "out" / "figures" / "ci"
     figures.mkdir(parents=True)
     (figures / "99_table.csv").write_text("good\n")
@@ -244,12 +246,12 @@ def test_5_a_failed_notebook_does_not_replace_good_tables(tmp_path, fails):
     (["data.dataset=ring8"], "needs model.kind='mlp'"),
     (["model.resolution=7", "data.image_size=7"], "divisible by"),
 ])
-def test_6_inconsistent_values_fail_before_anything_is_built(overrides, match):
+def test_inconsistent_values_fail_before_anything_is_built(overrides, match):
     with pytest.raises(ConfigError, match=match):
         get_config("ci", overrides)
 
 
-def test_6_the_cli_reports_them_in_one_line(tmp_path, capsys):
+def test_the_cli_reports_them_in_one_line(tmp_path, capsys):
     assert T.main(["--profile", "ci", "--arm", "s2dm", "--out", str(tmp_path / "r"), "--set", "data.image_size=16"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.resolution" in err and not (tmp_path / "r").exists()
@@ -263,7 +265,7 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("where", ["directory", "parent_is_a_file"])
-def test_7_generate_checks_the_destination_before_sampling(finished_run, tmp_path, monkeypatch, capsys, where):
+def test_generate_checks_the_destination_before_sampling(finished_run, tmp_path, monkeypatch, capsys, where):
     monkeypatch.setattr(generate, "generate", lambda *a, **k: pytest.fail("sampled before checking --out"))
     if where == "directory":
         out = tmp_path
@@ -294,7 +296,7 @@ def _cifar_dir(root):
     return folder
 
 
-def test_8_a_crafted_cifar_pickle_cannot_run_code(tmp_path):
+def test_a_crafted_cifar_pickle_cannot_run_code(tmp_path):
     folder = _cifar_dir(tmp_path)
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_3", "wb") as f:
@@ -314,7 +316,7 @@ def test_8_a_crafted_cifar_pickle_cannot_run_code(tmp_path):
     (lambda: pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "not uint8 \\[N, 3072\\]"),
     (lambda: pickle.dumps({b"labels": [0, 1]}), "keys \\['data'\\] are missing"),
 ])
-def test_8_every_cifar_error_names_the_file(tmp_path, content, match):
+def test_every_cifar_error_names_the_file(tmp_path, content, match):
     folder = _cifar_dir(tmp_path)
     (folder / "data_batch_2").write_bytes(content())
     with pytest.raises(data.DatasetUnreadable, match=match) as e:
@@ -324,7 +326,7 @@ def test_8_every_cifar_error_names_the_file(tmp_path, content, match):
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
 
 
-def test_8_a_torn_celeba_cache_is_rebuilt(tmp_path):
+def test_a_torn_celeba_cache_is_rebuilt(tmp_path):
     from test_data import _write_fake_celeba
 
     folder, _ = _write_fake_celeba(tmp_path)
@@ -341,7 +343,7 @@ def _one_line(err):
     return err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
 
 
-def test_9_disk_full_names_the_disk_and_the_space_then_recovers_bit_for_bit(tmp_path, monkeypatch, capsys):
+def test_disk_full_names_the_disk_and_the_space_then_recovers_bit_for_bit(tmp_path, monkeypatch, capsys):
     args = ["--profile", "ci", "--toy", "--arm", "s2dm", "--quiet", "--set", "train.steps=6", "--set", "train.ckpt_every=2"]
     assert T.main(args + ["--out", str(tmp_path / "ref")]) == 0
     real, calls = torch.save, []
@@ -363,7 +365,7 @@ def test_9_disk_full_names_the_disk_and_the_space_then_recovers_bit_for_bit(tmp_
     assert same_state(ckpt.safe_load(tmp_path / "ref" / "final.pt"), ckpt.safe_load(tmp_path / "run" / "final.pt"))
 
 
-def test_9_bad_out_bad_json_and_permissions_are_one_line(tmp_path, monkeypatch, capsys):
+def test_bad_out_bad_json_and_permissions_are_one_line(tmp_path, monkeypatch, capsys):
     base = ["--profile", "ci", "--toy", "--arm", "s2dm", "--quiet", "--set", "train.steps=2"]
     (tmp_path / "afile").write_text("")
     assert T.main(base + ["--out", str(tmp_path / "afile")]) == 2
@@ -388,7 +390,7 @@ def test_9_bad_out_bad_json_and_permissions_are_one_line(tmp_path, monkeypatch, 
     assert _one_line(err) and "permission denied writing" in err and str(tmp_path / "ro") in err
 
 
-def test_9_ctrl_c_is_one_line_and_resumable(tmp_path):
+def test_ctrl_c_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen(CLI + ["--arm", "s2dm", "--out", str(out), "--set", "train.steps=100000",
                                 "--set", "train.ckpt_every=20"], env=ENV, cwd=ROOT, text=True,
@@ -403,7 +405,7 @@ def test_9_ctrl_c_is_one_line_and_resumable(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 10. temp files of killed writes
-def test_10_temp_files_left_by_a_killed_write_are_swept(tmp_path):
+def test_temp_files_left_by_a_killed_write_are_swept(tmp_path):
     tmp_path.joinpath(".ckpt-00000002.pt.k3j4.tmp").write_bytes(b"partial")
     tmp_path.joinpath(".final.pt.a1b2.tmp").write_bytes(b"partial")
     tmp_path.joinpath("keep.tmp").write_bytes(b"not ours")
@@ -413,7 +415,7 @@ def test_10_temp_files_left_by_a_killed_write_are_swept(tmp_path):
 
 # ---------------------------------------------------------------------------- 11. the umask is respected
 @pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
-def test_11_files_written_atomically_respect_the_umask(tmp_path, mask, mode):
+def test_files_written_atomically_respect_the_umask(tmp_path, mask, mode):
     old = os.umask(mask)
     try:
         a = ckpt.atomic_write_text(tmp_path / "a.json", "{}")
@@ -424,7 +426,7 @@ def test_11_files_written_atomically_respect_the_umask(tmp_path, mask, mode):
 
 
 # ---------------------------------------------------------------------------- 12. data.root
-def test_12_relative_data_root_is_the_repositorys_and_root_changes_do_not_block_resume(tmp_path, monkeypatch):
+def test_relative_data_root_is_the_repositorys_and_root_changes_do_not_block_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # notebooks run in notebooks/: a relative root must not follow the cwd
     assert data.resolve_root("data") == ROOT / "data"
     assert data.resolve_root(tmp_path) == tmp_path
@@ -432,4 +434,4 @@ def test_12_relative_data_root_is_the_repositorys_and_root_changes_do_not_block_
     T.train(with_overrides(cfg, {"train.steps": 2}), "s2dm", tmp_path / "run", progress=False)
     moved = with_overrides(cfg, {"data.root": "/elsewhere/data", "data.download": True})
     assert T.train(moved, "s2dm", tmp_path / "run", progress=False).exists()  # resumed, not refused
-    assert T.read_log(tmp_path / "run")["step"][-1] == 4
+    assert read_log(tmp_path / "run")["step"][-1] == 4

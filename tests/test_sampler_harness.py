@@ -100,8 +100,8 @@ def test_unknown_option_is_refused_with_the_valid_ones(method):
 
 # Golden full-loop values: the fixed GMM+tanh model of tests/fixed_models.py (d = 4, seed 0), x_T =
 # randn(2, 4) of Generator seed 5 in float64, generator seed 11, the flattened x_0 printed with 15
-# significant digits. The first block was computed with the code *before* issue 10/12 reshaped the
-# samplers (commit abbe09c, with the options that name the same algorithm now: DEIS order=k+1 is
+# significant digits. The first block was computed with the code *before* the samplers were reshaped
+# (docs/method.md §8.1; commit abbe09c) with the options that name the same algorithm now (DEIS order=k+1 is
 # ab_order=k, the old Heun/Restart grid is 'edm-full', Restart without churn is gamma=0), so it shows the
 # reshaping changed no number; the second block pins the new defaults (computed once after the change).
 GOLDEN = [

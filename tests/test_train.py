@@ -12,6 +12,7 @@ import torch
 
 from lib.infra import checkpoint as ckpt
 from lib import train as T
+from lib.infra.runlog import read_log
 from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_image_run_writes_its_files_and_resumes_bit_for_bit(tmp_path):
     T.train(with_overrides(cfg, {"train.steps": 4}), "s2dm", tmp_path / "part", progress=False)
     T.train(cfg, "s2dm", tmp_path / "part", progress=False)
     assert same_state(ckpt.safe_load(full), ckpt.safe_load(tmp_path / "part" / "final.pt"))
-    log = T.read_log(tmp_path / "part")
+    log = read_log(tmp_path / "part")
     assert log["step"] == [2, 4, 6] and all(v > 0 for v in log["loss"])
 
 

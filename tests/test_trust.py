@@ -398,15 +398,16 @@ def test_9_another_profile_on_a_run_folder_is_refused_with_the_differing_keys(ci
 
 def test_9_a_torn_loss_csv_is_one_line_and_resume_drops_the_torn_row(ci_run, tmp_path, capsys):
     from lib import train as T
+    from lib.infra import runlog
 
     run = _copy(ci_run, tmp_path / "run")
     log = run / "loss.csv"
     log.write_text(log.read_text() + "3,0.5")  # killed mid-append
-    with pytest.raises(rundir.RunDirError, match="loss.csv is torn"):
-        T.read_log(run)
+    with pytest.raises(runlog.LogError, match="loss.csv is torn"):
+        runlog.read_log(run)
     assert T.main(["--profile", "ci", "--arm", "baseline", "--out", str(run), "--quiet", "--set", "train.steps=3",
                    "--set", "train.ckpt_every=1", "--set", "train.log_every=1"]) == 0
-    assert T.read_log(run)["step"] == [1.0, 2.0, 3.0]
+    assert runlog.read_log(run)["step"] == [1.0, 2.0, 3.0]
 
 
 def test_9_an_invalid_final_json_in_generate_is_one_line(ci_run, tmp_path, capsys):

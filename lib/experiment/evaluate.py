@@ -20,7 +20,7 @@ import torch
 
 from lib.measure import classifier, metrics
 
-from lib import data, generate, samplers
+from lib import data, generate
 from lib.infra.config import Config
 from lib.factory import resolve_device, schedule_of
 from lib.infra.paths import Paths
@@ -114,7 +114,7 @@ def image_cell(ev: ImageEvaluator, eps_model, cfg: Config, arm: str, method: str
     m = cfg.model
     info = {}
     x = generate.generate(eps_model, schedule, (m.in_channels, m.resolution, m.resolution), cfg.sample.n_samples,
-                          method=method, num_steps=steps, grid=samplers.grid_for(method, grid or cfg.sample.grid),
+                          method=method, num_steps=steps, profile_grid=grid or cfg.sample.grid,
                           batch_size=cfg.sample.batch_size, seed=sample_seed(cfg, seed), device=ev.device,
                           progress=progress, info=info, **options)
     generate.save_samples(x, samples_path(ev.paths, cfg, arm, label, steps, seed))

@@ -32,9 +32,10 @@ from lib.factory import build_model, resolve_device, schedule_of
 from lib.infra.paths import Paths
 from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
-from lib.train import read_log, seconds_per_step
+from lib.experiment.steptime import seconds_per_step
+from lib.infra.runlog import read_log
+from lib.train import ARMS  # the paper's two arms and the CDM arm
 
-ARMS = ("baseline", "s2dm", "cdm")
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
 # at the NFE of DDIM with S steps; Restart uses the paper's CIFAR-10 VP setting with K = 2.
 SAMPLERS = {
@@ -194,7 +195,7 @@ class Cells:
         name = label + ("@B" if set_B else "")
         r = image_cell(self.ev, model or self.model(arm, seed), c, arm, method or label, S, seed=seed, label=name,
                        progress=False, **options)
-        if r["nfe"] != samplers.nfe(method or label, S, samplers.grid_for(method or label, c.sample.grid), schedule=schedule_of(c), **options):
+        if r["nfe"] != samplers.nfe(method or label, S, schedule=schedule_of(c), profile_grid=c.sample.grid, **options):
             raise AssertionError(f"NFE of {name} at {S} steps: measured {r['nfe']}, formula disagrees")
         self.rows.append({**r, "set": "B" if set_B else "A"})
         return r

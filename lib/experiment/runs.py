@@ -25,9 +25,7 @@ from lib.infra import processes
 from lib.infra.config import Config, get_config, toy_config, with_overrides
 from lib.infra.paths import Paths
 from lib.infra.progress import RunsProgress
-from lib.train import train
-
-ARMS = ("baseline", "s2dm")
+from lib.train import PAPER_ARMS, train
 
 
 # ---------------------------------------------------------------------------- where runs live
@@ -50,7 +48,7 @@ def seed_config(cfg: Config, seed: int) -> Config:
     return with_overrides(cfg, {"train.seed": seed})
 
 
-def require_image_runs(paths: Paths, cfg: Config, arms=ARMS) -> None:
+def require_image_runs(paths: Paths, cfg: Config, arms=PAPER_ARMS) -> None:
     """Fail with the producing notebook's name when a trained image or toy run is missing."""
     for arm in arms:
         for s in image_seeds(cfg):
@@ -69,13 +67,13 @@ class Job:
     toy: bool = False
 
 
-def image_jobs(cfg: Config, paths: Paths, arms=ARMS, seeds=None) -> dict:
+def image_jobs(cfg: Config, paths: Paths, arms=PAPER_ARMS, seeds=None) -> dict:
     """{(arm, seed): Job} of the image arms."""
     seeds = image_seeds(cfg) if seeds is None else seeds
     return {(a, s): Job(seed_config(cfg, s), a, image_run(paths, a, s)) for s in seeds for a in arms}
 
 
-def toy_jobs(cfg: Config, paths: Paths, arms=ARMS) -> dict:
+def toy_jobs(cfg: Config, paths: Paths, arms=PAPER_ARMS) -> dict:
     """{(arm, seed): Job} of the toy arms."""
     return {(a, s): Job(seed_config(toy_config(cfg), s), a, toy_run(paths, a, s), toy=True)
             for s in range(cfg.toy.n_seeds) for a in arms}
@@ -223,7 +221,7 @@ def _label(key, job: Job) -> str:
     return f"{'toy' if job.toy else 'images'} {job.arm} s{job.cfg.train.seed}"
 
 
-def train_experiment(cfg: Config, paths: Paths, arms=ARMS, progress: bool = True) -> tuple[dict, dict]:
+def train_experiment(cfg: Config, paths: Paths, arms=PAPER_ARMS, progress: bool = True) -> tuple[dict, dict]:
     """Train (or resume, or skip) every toy and image run of notebook 03, with the dose–response runs
     (:func:`dose_jobs`), in one pool of processes; returns ({(arm, seed): toy run}, {(arm, seed): image
     run}) of ``arms``, and the dose runs under their :func:`dose_arm` names."""

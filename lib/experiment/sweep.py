@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lib import data, generate, samplers
+from lib import data, generate
 
 from lib.infra import processes
 
@@ -25,12 +25,13 @@ from lib.infra.config import Config, toy_config
 from lib.experiment.evaluate import ImageEvaluator, image_cell
 from lib.factory import schedule_of
 from lib.infra.paths import Paths
-from lib.experiment.runs import ARMS, image_run, image_seeds, toy_run
+from lib.experiment.runs import image_run, image_seeds, toy_run
+from lib.train import PAPER_ARMS
 
-__all__ = ["ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
+__all__ = ["PAPER_ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
 
 
-def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, progress=True,
+def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=PAPER_ARMS, grid=None, progress=True,
               model_wrapper=None, tag: str = "", **options) -> list[dict]:
     """Every (arm, method, steps) cell on the toy, per seed: :func:`lib.measure.toymetrics.toy_metrics`.
 
@@ -48,7 +49,7 @@ def toy_sweep(cfg: Config, paths: Paths, methods, steps, arms=ARMS, grid=None, p
                     for S in steps:
                         info = {}
                         x = generate.generate(eps_model, schedule, (2,), tcfg.sample.n_samples, method=method,
-                                              num_steps=S, grid=samplers.grid_for(method, grid or tcfg.sample.grid),
+                                              num_steps=S, profile_grid=grid or tcfg.sample.grid,
                                               batch_size=tcfg.sample.batch_size, seed=tcfg.sample.seed,
                                               progress=False, info=info, **options)
                         m = toymetrics.toy_metrics(x, gmm, seed=seed)
@@ -82,7 +83,7 @@ def seed_cells(cfg: Config, methods, steps, seed: int) -> list[tuple[str, int]]:
     return full if k == 0 or seed < k else [c for c in full if c in headline_cells(cfg, methods, steps)]
 
 
-def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=ARMS, seeds=None, grid=None,
+def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, arms=PAPER_ARMS, seeds=None, grid=None,
                 progress=True) -> list[dict]:
     """Every (seed, arm, method, steps) image cell with the arms' trained EMA models (lib.experiment.evaluate.image_cell),
     in that order.

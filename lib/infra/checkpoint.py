@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -175,15 +174,3 @@ def save_checkpoint(run_dir, step: int, state: dict, keep: int) -> Path:
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
-
-
-def load_latest(run_dir, map_location="cpu"):
-    """The newest readable checkpoint as ``(path, state)``, or ``(None, None)`` when there is none.
-
-    A corrupt newest file is reported (warning naming it) and the previous one is tried."""
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return path, safe_load(path, map_location)
-        except CheckpointError as e:
-            warnings.warn(f"{e} -- falling back to the previous checkpoint", stacklevel=2)
-    return None, None

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses, named profiles and dotted-key overrides.
+"""The configuration schema (frozen dataclasses), its parsing (dotted-key overrides, JSON) and validation.
 
     cfg = get_config("cpu", ["train.steps=2000", "loss.tau=0.98"])
 
@@ -8,7 +8,7 @@ annotated type. :func:`validate` is the one validator: the types of every field 
 (sections added later are covered without code), then the value rules, among them the model/data
 consistency (channels, resolution, batch against the dataset's size).
 
-Profiles (docs/profiles.md): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
+Profiles (docs/profiles.md; their numbers side by side in lib.infra.profiles): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
 without a GPU: MNIST-5k and 2-D toy data, ~30 min on 2 cores), ``gpu`` (one GPU: CIFAR-10) and
 ``paper`` (the paper's model and optimiser, long training, 50k-sample FID).
 Unknown profiles, unknown keys, wrong types and impossible values fail at once with a message
@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args, get_origin, get_type_hints
 
+from lib.infra import profiles as _profiles
 
 
+
+# The DDIM code's integer timestep grids, the values of sample.grid (lib.schedule.Schedule.timesteps
+# computes them; lib.transfer adds EDM's grids for the samplers that run on σ).
+DDIM_GRIDS = ("uniform", "quad")
 TOY_DATASETS = ("ring8", "grid25")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
 # (channels, training images) of every dataset (lib.data loads them), so that a config is checked
@@ -179,69 +185,13 @@ class Config:
 
 
 # ---------------------------------------------------------------------------- profiles
-def _paper() -> Config:
-    # The DDPM CIFAR-10 model (35,746,307 parameters) and the DDIM code's optimiser, in float32 as
-    # the paper; channels_last and fused Adam change speed, not the arithmetic. device='cuda' fails
-    # fast instead of silently training on a CPU (override with --set train.device=cpu).
-    c = Config(profile="paper")
-    return replace(c, train=replace(c.train, channels_last=True, fused_adam=True, device="cuda"))
+def _profile(name: str) -> Config:
+    """The named profile: the schema's defaults (the paper's recipe) with the profile's settings
+    (lib.infra.profiles, every number side by side)."""
+    return with_overrides(Config(profile=name), _profiles.PROFILES[name])
 
 
-def _gpu() -> Config:
-    # Plain EMA (ema_rampup 0) as the paper: 40k steps are 4x 1/(1 - 0.9999), the initial weights keep
-    # 0.9999^40000 = 1.8 % of the average (alike in both arms), and this profile is meant to differ
-    # from the paper's recipe in length and speed flags only.
-    c = _paper()
-    return replace(
-        c,
-        profile="gpu",
-        train=replace(c.train, steps=40_000, ckpt_every=2000, amp="bf16", channels_last=True, fused_adam=True),
-        sample=replace(c.sample, n_samples=10_000, batch_size=1000, steps=(10, 20, 50, 100, 1000)),
-        experiment=replace(c.experiment, n_seeds=3),
-    )
-
-
-def _cpu() -> Config:
-    # MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm:
-    # 38 min on 2 cores (measured: docs/profiles.md). The sweep's 4 samplers x 4 step counts x 2 arms cost
-    # ~1500 network evaluations per sample, hence 500 samples per cell.
-    return Config(
-        profile="cpu",
-        model=ModelConfig(in_channels=1, out_ch=1, resolution=16, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
-                          attn_resolutions=(), dropout=0.0),
-        loss=LossConfig(),
-        data=DataConfig(dataset="mnist", image_size=16, random_flip=False),
-        # 2,000 steps are 2x 1/(1 - ema_decay), the EMA ramped in (EDM's ratio 0.05; issue 11 item 4):
-        # down from 3,000 so that 6 seeds per arm fit the budget (bench/results/seed_budget_cpu.md).
-        train=TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, ema_rampup=0.05,
-                          ckpt_every=500, log_every=50),
-        sample=SampleConfig(n_samples=500, batch_size=250, steps=(10, 20, 50, 100)),
-        # 1,000 bootstrap replicates per interval: seconds on saved features (bench/results/seed_budget_cpu.md).
-        eval=EvalConfig(metric="classifier", n_boot=1000, classifier_steps=1000, classifier_width=16),
-        toy=ToyConfig(n_seeds=5, steps=2000, batch_size=512, n_samples=5000),
-        # 6 seeds for the headline cells (DDIM 10/20: TOST power at ±3.27 %), the full sweep on 3
-        # (bench/seed_budget.py: power and predicted wall time of this design).
-        experiment=ExperimentConfig(n_seeds=6, sweep_seeds=3, headline_steps=(10, 20), **_RELATED_CPU),
-    )
-
-
-def _ci() -> Config:
-    # Tiny everything: the notebooks must run end to end in a few minutes on 2 cores.
-    return Config(
-        profile="ci",
-        model=ModelConfig(in_channels=1, out_ch=1, resolution=8, ch=16, ch_mult=(1, 2), num_res_blocks=1,
-                          attn_resolutions=(4,), dropout=0.0),
-        data=DataConfig(dataset="digits", image_size=8, random_flip=False),
-        train=TrainConfig(steps=40, batch_size=32, lr=1e-3, ema_decay=0.9, ema_rampup=0.05, ckpt_every=20,
-                          log_every=10),
-        sample=SampleConfig(n_samples=64, batch_size=64, steps=(5, 10)),
-        eval=EvalConfig(metric="classifier", n_boot=20, classifier_steps=100, classifier_width=8),
-        toy=ToyConfig(n_seeds=2, steps=100, batch_size=256, hidden=32, n_samples=500, sample_steps=(5, 10)),
-        experiment=ExperimentConfig(n_seeds=2, sweep_seeds=1, headline_steps=(5,), workers=1, **_RELATED_CI),
-    )
-
-
-PROFILES = {"ci": _ci, "cpu": _cpu, "gpu": _gpu, "paper": _paper}
+PROFILES = {name: functools.partial(_profile, name) for name in _profiles.PROFILES}
 
 
 # ---------------------------------------------------------------------------- parsing and types
@@ -348,7 +298,7 @@ def validate(cfg: Config) -> Config:
     need(t.device in ("auto", "cpu", "cuda"), f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
     need(len(s.steps) > 0 and all(1 <= k <= d.T for k in s.steps),
          f"sample.steps must be positive integers <= T={d.T}, got {s.steps}")
-    need(s.grid in ("uniform", "quad"), f"sample.grid must be 'uniform' or 'quad', got {s.grid!r}")
+    need(s.grid in DDIM_GRIDS, f"sample.grid must be {' or '.join(map(repr, DDIM_GRIDS))}, got {s.grid!r}")
     need(s.n_samples >= 2 and s.batch_size >= 1, "sample.n_samples must be >= 2 and sample.batch_size >= 1")
     need(s.eta >= 0, f"sample.eta must be >= 0, got {s.eta}")
     need(m.kind in ("unet", "mlp"), f"model.kind must be 'unet' or 'mlp', got {m.kind!r}")
@@ -471,17 +421,6 @@ class ExperimentConfig:
     # The positive control: constant ε scaling λ on the baseline (DDIM, related_steps), seeds 0 … min(control_seeds, n_seeds) − 1.
     control_lambdas: tuple[float, ...] = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
     control_seeds: int = 3
-
-
-# Notebook 06 at the small profiles: cpu chosen to fit a few minutes on 2 cores per seed.
-_RELATED_CI = dict(related_steps=(5, 10), cdm_finetune=6, cdm_toy_finetune=20, cdm_chain_steps=2,
-                   rho_top=(1.0, 0.9), rho_bottom=(1.0, 0.8), es_b=(1.005, 1.02), es_k=(0.02,),
-                   dose_skip=(9, 99), dose_tau=(0.99, 0.99), dose_image_settings=(1,), dose_image_seeds=2,
-                   control_lambdas=(0.99, 1.01), control_seeds=2)
-_RELATED_CPU = dict(related_steps=(10, 20), related_n_samples=250, related_toy_samples=1000, cdm_finetune=100,
-                    cdm_toy_finetune=100, cdm_chain_steps=2, rho_top=(1.0, 0.98), rho_bottom=(1.0, 0.95, 0.9, 0.8),
-                    es_b=(1.002, 1.005, 1.01, 1.02), es_k=(-0.02, 0.02), related_seeds=3,
-                    dose_image_settings=(2,))  # images at skip 99, τ 0.99 only (the budget: README)
 
 
 def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:

@@ -13,8 +13,8 @@
                        aside (never deleted) before DIR is trained again
 
 The code fingerprint hashes the modules a training run executes, as syntax trees without docstrings
-(comments, docstrings and formatting do not count). config.py is not among them: a run records its
-configuration's values, which is what that module contributes.
+(comments, docstrings and formatting do not count). config.py and profiles.py are not among them: a
+run records its configuration's values, which is what those modules contribute.
 """
 from __future__ import annotations
 

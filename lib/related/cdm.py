@@ -93,7 +93,7 @@ def cdm_loss(eps_model, x0: torch.Tensor, schedule: Schedule, *, lam: float = 10
 
     ``t`` and ``noise`` (the DSM part) may be given; the rest (t, noise, U[0, Δσ], the chains' ξ) is drawn
     from ``generator`` in that order. ``parts``, if given, receives per-sample detached ``l0`` (L_DSM)
-    and ``lskip`` (the consistency term c(σ)⟨·,·⟩ before λ: logged in loss.csv's lskip column)."""
+    and ``consistency`` (the consistency term c(σ)⟨·,·⟩ before λ: loss.csv's column of that name)."""
     if lam < 0 or steps < 1 or dsigma <= 0:
         raise ValueError(f"CDM needs lam >= 0, steps >= 1 and dsigma > 0; got lam={lam}, steps={steps}, dsigma={dsigma}")
     if weighting not in WEIGHTINGS:
@@ -107,7 +107,7 @@ def cdm_loss(eps_model, x0: torch.Tensor, schedule: Schedule, *, lam: float = 10
     if lam == 0:  # the DDPM loss, exactly (and at its cost)
         l0 = (noise - eps_model(x_t, t)).float().pow(2).flatten(1).mean(1)
         if parts is not None:
-            parts["l0"], parts["lskip"] = l0.detach(), torch.zeros_like(l0)
+            parts["l0"], parts["consistency"] = l0.detach(), torch.zeros_like(l0)
         return l0
 
     t64 = t.detach().to(torch.float64).cpu()
@@ -130,7 +130,7 @@ def cdm_loss(eps_model, x0: torch.Tensor, schedule: Schedule, *, lam: float = 10
         c = SIGMA_DATA**2 / (sigma**2 + SIGMA_DATA**2)
         consistency = consistency * c.to(device=consistency.device, dtype=consistency.dtype)
     if parts is not None:
-        parts["l0"], parts["lskip"] = l0.detach(), consistency.detach()
+        parts["l0"], parts["consistency"] = l0.detach(), consistency.detach()
     return l0 + lam * consistency
 
 

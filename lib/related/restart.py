@@ -4,7 +4,7 @@ Both run on an EDM grid (ρ = 7, :func:`lib.transfer.edm_times`) handed to them 
 fractional times t_i = schedule.t_from_sigma(σ_i) with the last step to t = −1 (σ = 0):
 
 * ``edm`` (default): σ from min(80, σ(T−1)) = 80 to 0.002, the released Restart code's CIFAR-10 VP grid;
-* ``edm-full``: σ(T−1) = 157.4 to σ(0) = 0.01 (t from T−1 to 0), this project's grid before issue 12.
+* ``edm-full``: σ(T−1) = 157.4 to σ(0) = 0.01 (t from T−1 to 0), this project's grid before the EDM grid became the default (docs/method.md §8.1).
 
 In y = x/√ᾱ the probability-flow ODE is dy/dσ = ε, and the DDIM transfer φ is its exact Euler step;
 **Heun** (EDM Algorithm 1) takes e₁ = ε(x, t_i), e₂ = ε(φ(x, e₁, t_i→t_{i+1}), t_{i+1}),
@@ -20,13 +20,14 @@ then Heun back down to σ_lo on an EDM grid of N_R points, each step with the re
 (EDM Algorithm 2 inside the restart interval): where s_min ≤ σ_i ≤ s_max, first raise the noise to
 σ̂ = (1 + γ)σ_i by the same exact jump, then take the Heun step from σ̂ to σ_{i+1}. NFE = 2N − 1 +
 K·2(N_R − 1) (churn costs no evaluation). Defaults: the released CIFAR-10 VP setting (N_R = 3, K = 2,
-[σ_min, σ_max] = [0.06, 0.30], γ = 0.05, s_min = 0.01, s_max = 1, s_noise = 1). Before issue 12 this
-project ran ``grid="edm-full", gamma=0`` (still reachable: those options).
+[σ_min, σ_max] = [0.06, 0.30], γ = 0.05, s_min = 0.01, s_max = 1, s_noise = 1). Before the reshaping of
+docs/method.md §8.1 this project ran ``grid="edm-full", gamma=0`` (still reachable: those options).
 
 ``num_steps`` is N. lib.samplers registers ``heun`` and ``restart`` (grids ``edm``, ``edm-full``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -38,8 +39,6 @@ from lib.schedule import Schedule
 __all__ = ["nfe_heun", "nfe_restart", "edm_sigmas", "heun_times", "heun_pass", "jump_coefficients", "restart_jump",
            "heun", "restart", "RELEASED"]
 
-# The released code's CIFAR-10 VP restart setting: N_R, K, [t_min, t_max], restart_gamma, S_min, S_max, S_noise.
-RELEASED = dict(n_r=3, k=2, sigma_min=0.06, sigma_max=0.30, gamma=0.05, s_min=0.01, s_max=1.0, s_noise=1.0)
 
 
 def heun_times(schedule: Schedule, num_steps: int, rho: float = 7.0, grid: str = "edm-full") -> torch.Tensor:
@@ -119,6 +118,8 @@ def heun(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, inf
     return heun_pass(eps_model, x_T, schedule, times, progress=progress)
 
 
+# restart()'s defaults are the released code's CIFAR-10 VP setting (N_R, K, [t_min, t_max], restart_gamma,
+# S_min, S_max, S_noise), written there only: lib.samplers reads a method's options from its signature.
 def restart(eps_model, x_T, schedule, pairs, *, generator=None, progress=False, info=None, n_r: int = 3, k: int = 2,
             sigma_min: float = 0.06, sigma_max: float = 0.30, gamma: float = 0.05, s_min: float = 0.01,
             s_max: float = 1.0, s_noise: float = 1.0):
@@ -151,8 +152,11 @@ def nfe_heun(schedule, pairs) -> int:
     return 2 * len(pairs) - 1
 
 
-def nfe_restart(schedule, pairs, n_r=3, k=2, sigma_min=0.06, sigma_max=0.30, gamma=0.05, s_min=0.01, s_max=1.0,
-                s_noise=1.0):
-    """Restart's NFE: 2N − 1 + K·2(N_R − 1)."""
+RELEASED = {p.name: p.default for p in inspect.signature(restart).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("generator", "progress", "info")}
+
+
+def nfe_restart(schedule, pairs, *, n_r, k, sigma_min, sigma_max, gamma, s_min, s_max, s_noise):
+    """Restart's NFE: 2N − 1 + K·2(N_R − 1) (lib.samplers passes every option, defaults filled in)."""
     _check_restart(schedule, n_r, k, sigma_min, sigma_max, gamma, s_min, s_max, s_noise)
     return 2 * len(pairs) - 1 + k * 2 * (n_r - 1)
