@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.infra.checkpoint import atomic_save
-from lib.infra.config import DATASETS, IMAGE_DATASETS, TOY_DATASETS, ConfigError  # the dataset names are part of the config schema
+from lib.infra.config import IMAGE_DATASETS, TOY_DATASETS, ConfigError  # the dataset names are part of the config schema
 from lib.infra.paths import ROOT
 
 
