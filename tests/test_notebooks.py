@@ -148,9 +148,9 @@ def test_absolute_paths_are_found(tmp_path):
         {"output_type": "execute_result", "data": {"text/plain": "PosixPath('/home/u/repo/figures/cpu')",
                                                     "image/png": "iVBOR/abc/def/ghi"}}]}]}
     (tmp_path / "a.ipynb").write_text(json.dumps(nb))
-    (tmp_path / "t.md").write_text("**08 table of /work/main/data/runs/cpu/x** see https://a.org/b/c/d and s/step\n")
+    (tmp_path / "t.md").write_text("**08 table of /srv/alice/data/runs/cpu/x** see https://a.org/b/c/d and s/step\n")
     (tmp_path / "ok.md").write_text("| a/b | https://x.org/y/z/w | " + "../" * 2 + "docs/method.md |\n")
-    assert absolute_paths(tmp_path / "a.ipynb") and [p[:11] for p in absolute_paths(tmp_path / "t.md")] == ["/work/main/"]
+    assert absolute_paths(tmp_path / "a.ipynb") and [p[:11] for p in absolute_paths(tmp_path / "t.md")] == ["/srv/alice/"]
     assert absolute_paths(tmp_path / "ok.md") == []
 
 

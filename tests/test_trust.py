@@ -153,12 +153,13 @@ def test_9_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
 
     from lib.infra.paths import ROOT, Paths, write_notebook_marker
     P = Paths("ci", tmp_path)
-    t0 = time.time() - 2
     (P.runs / "images" / "s2dm").mkdir(parents=True)
     (P.runs / "images" / "s2dm" / "final.pt").write_text("x")
-    marker = write_notebook_marker(P, "03_train", t0)
+    written = (P.runs / "images" / "s2dm" / "final.pt").stat().st_mtime  # a file timestamp, not a duration
+    marker = write_notebook_marker(P, "03_train", written - 1)
     assert marker.read_text().split() == ["images"]
-    assert write_notebook_marker(P, "03_train", time.time() + 5).read_text().split() == ["images"]  # kept on re-runs
+    later = write_notebook_marker(P, "03_train", written + 3600)  # nothing new since: the old marker's folder kept
+    assert later.read_text().split() == ["images"]
     executed = tmp_path / "figures" / "ci" / "03_train.ipynb"
     executed.parent.mkdir(parents=True)
     executed.write_text("{}")  # newer than every source
