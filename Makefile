@@ -142,9 +142,9 @@ bench: $(VENV)/.stamp-dev
 	$(PY) bench/train_speed.py
 
 # ---------------------------------------------------------------- the GPU check (docs/GPU.md)
-# One prepared run on one GPU (<= 8 min on an H100/H200): correctness (pytest -m cuda), speed, end to
-# end -> bench/results/gpu_check_<gpu>.md/.json. Runs with .venv when there is one, else the machine's
-# own python3 (a preinstalled PyTorch >= 2.1): no network. A folder WHEELS (default .whl) is used first
+# One prepared run on one GPU (<= 8 min on an H100/H200): correctness (pytest -m cuda), then the speed
+# benchmark bench/gpu_speed.py, in one time budget -> bench/results/gpu_check_<gpu>.md/.json. Runs with
+# .venv when there is one, else the machine's own python3 (a preinstalled PyTorch >= 2.1): no network. A folder WHEELS (default .whl) is used first
 # to install missing diffusers/clean-fid/mlxtend offline (scripts/install_missing.py, the one
 # installer). GPU_CHECK_ARGS=--dry-run: CPU, tiny.
 .PHONY: gpu-check

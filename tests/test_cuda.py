@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_check import experiment_config, fixed_inputs  # noqa: E402  (bench/gpu_check.py)
+from gpu_speed import experiment_config, fixed_inputs  # noqa: E402  (bench/gpu_speed.py)
 from lib import data as data_mod  # noqa: E402
 from lib import generate as gen  # noqa: E402
 from lib import samplers  # noqa: E402

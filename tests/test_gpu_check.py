@@ -1,6 +1,7 @@
 """bench/gpu_check.py: the dry run goes through every section on the CPU (its correctness section runs
-tests/test_cuda.py's ``cuda`` tests there), and the result file keeps every finished section when a run
-is cut short.
+tests/test_cuda.py's ``cuda`` tests there, its speed sections are bench/gpu_speed.py's), and the result
+file keeps every finished section when a run is cut short (bench/checkreport.py). bench/gpu_speed.py
+also runs alone.
 
 The dry run is the check's only test before a GPU is seen: the same code paths at tiny sizes, its
 speed verdicts meaningless (they are labelled so), its correctness checks real (CPU against CPU, and
@@ -48,6 +49,31 @@ def test_dry_run_runs_every_section(dry_run):
     assert any("bf16" in c for c in checks) and any("channels last matches contiguous" in c for c in checks)
     e2e = {c["check"]: c["result"] for c in secs["end_to_end"]["checks"]}
     assert any("killed" in k for k in e2e) and any("loss falls" in k for k in e2e), e2e
+
+
+def test_dry_run_estimates_end_to_end_from_its_own_rates(dry_run):
+    """paper / gpu training hours = steps × batch / (images/s of our fastest variant); 50k DDIM-10 seconds."""
+    from lib.infra.config import get_config
+    d, md, _ = dry_run
+    est = d["sections"]["end_to_end"]["measurements"]["estimate"]
+    ours = [v["images_per_s"] for v in d["sections"]["training"]["measurements"]["variants"].values() if v["kind"] == "ours"]
+    for profile in ("paper", "gpu"):
+        t = get_config(profile).train
+        assert est[f"{profile}_training_h"] == pytest.approx(t.steps * t.batch_size / max(ours) / 3600)
+    assert est["ddim10_50k_s"] == d["sections"]["sampling"]["measurements"]["ddim10_lib_generate"]["time_50k_s"]
+    assert "end-to-end estimate: paper-profile training" in md
+
+
+def test_speed_script_runs_alone_and_names_the_device(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(BENCH / "gpu_speed.py"), "--dry-run", "--sections", "sampling",
+                        "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    d = json.loads((tmp_path / "gpu_speed_dry-run-cpu.json").read_text())
+    assert list(d["sections"]) == ["environment", "sampling"]  # the device first: the speed figures need it
+    assert d["meta"]["device_name"] == "CPU (dry run)" and d["sections"]["environment"]["measurements"]["device"] == "cpu"
+    assert d["sections"]["sampling"]["measurements"]["ddim10_lib_generate"]["images_per_s"] > 0
+    assert (tmp_path / "gpu_speed_dry-run-cpu.md").read_text().startswith("# GPU speed: CPU (dry run)")
 
 
 def test_dry_run_reports_targets_and_traces(dry_run):
@@ -111,7 +137,7 @@ def test_cut_short_run_keeps_finished_sections(tmp_path):
 
 def test_no_copy_of_the_training_step():
     """Every training step of the check is lib.train.train_step: no backward or optimiser step of its own."""
-    for f in ("gpu_check.py", "timing.py", "unet2d_twin.py"):
+    for f in ("gpu_check.py", "gpu_speed.py", "checkreport.py", "timing.py", "unet2d_twin.py"):
         src = (BENCH / f).read_text()
         assert not re.search(r"\.backward\(|\bopt\.step\(|zero_grad\(|clip_grad_norm_", src), f
     assert "train_step(" in (BENCH.parent / "lib" / "experiment" / "steptime.py").read_text()  # the step timer bench/timing.py uses
