@@ -220,3 +220,24 @@ def test_toy_decisions_from_per_seed_cells():
     assert dec == {5: "better", 10: "equivalent"}
     c, = tables.verdict_counts(tables.toy_decisions(rows, "mmd"))
     assert (c["better"], c["equivalent"], c["worse"], c["undecided"], c["n_cells"]) == (1, 1, 0, 0, 2)
+
+
+def test_markdown_keeps_settings_apart_that_three_digits_would_merge():
+    from lib.experiment import report
+
+    md = report.to_markdown([{"lambda": v, "fd": f} for v, f in [(0.995, 86.63), (1.0002, 86.61), (1.002, 90.1),
+                                                                  (1.005, 3.2)]])
+    cells = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
+    assert cells == ["0.9950", "1.000", "1.002", "1.005"]  # not 1.00 / 1.00 / 1.00
+    assert "| 86.6 |" in md and "| 3.20 |" in md  # measured values keep three significant digits
+
+
+def test_dose_runs_are_named_by_their_setting_in_the_progress_display(tmp_path):
+    from lib.experiment import runs
+    from lib.infra.config import get_config
+    from lib.infra.paths import Paths
+
+    cfg, P = get_config("ci"), Paths("ci", tmp_path)
+    jobs = runs.dose_jobs(cfg, P)
+    key = next(k for k in jobs if k[0] == "images")
+    assert runs._label(key, jobs[key]).startswith(f"images {key[1]} s") and key[1] != "s2dm"

@@ -24,6 +24,9 @@ def save_figure(fig, folder, name: str, dpi: int = 150) -> list[Path]:
 
 
 MAX_COLUMNS = 10  # a Markdown table wider than this does not read on one screen; the CSV keeps every column
+# A single number is shown to ``digits`` significant digits unless that moves it by more than this
+# fraction: λ = 1.005 or 1.0002 must not read as 1.00 (up to three more digits are added).
+REL_ERROR = 2e-3
 
 
 def _decimals(v: float, digits: int) -> int:
@@ -53,7 +56,10 @@ def _fmt(v, digits: int, decimals: int | None = None) -> str:
         return "n/a" if math.isnan(x) else str(x)
     if decimals is None and (abs(x) < 1e-3 or abs(x) >= 1e6):
         return f"{x:.{digits - 1}e}"
-    return f"{x:.{_decimals(x, digits) if decimals is None else decimals}f}"
+    if decimals is None:  # more digits where ``digits`` would misstate the value (1.005 is not "1.00")
+        decimals = next(d for d in range(_decimals(x, digits), _decimals(x, digits) + 4)
+                        if abs(round(x, d) - x) <= REL_ERROR * abs(x) or d == _decimals(x, digits) + 3)
+    return f"{x:.{decimals}f}"
 
 
 def _interval_groups(columns: list) -> list[tuple[str, str | None, str | None, str | None]]:
@@ -106,6 +112,21 @@ def _cell(r: dict, value, lo, hi, digits: int) -> str:
     return f"{_fmt(v, digits, d)} [{_fmt(lo_v, digits, d)}, {_fmt(hi_v, digits, d)}]"
 
 
+def _column_digits(rows: list[dict], group, digits: int) -> int:
+    """Significant digits for a plain number column: ``digits``, or up to three more where ``digits``
+    would show two different values alike in a column of nearby values (a setting such as λ 1.0002,
+    1.002, 1.005: its differences are the point of the table; measured values keep ``digits``)."""
+    if group[2] is not None:
+        return digits
+    values = {v for v in (_number(r.get(group[1], "")) for r in rows) if v is not None and math.isfinite(v)}
+    if not values or min(values) <= 0 or max(values) > 1.25 * min(values):
+        return digits
+    for d in range(digits, digits + 4):
+        if len({_fmt(v, d) for v in values}) == len(values):
+            return d
+    return digits + 3
+
+
 def to_markdown(rows: list[dict], columns=None, digits: int = 3, max_columns: int = MAX_COLUMNS) -> str:
     """A GitHub-flavoured Markdown table of ``rows`` (dicts sharing keys), formatted for reading.
 
@@ -122,7 +143,8 @@ def to_markdown(rows: list[dict], columns=None, digits: int = 3, max_columns: in
     if len(groups) > max_columns:
         groups, hidden = groups[:max_columns], groups[max_columns:]
     lines = ["| " + " | ".join(g[0] for g in groups) + " |", "|" + "|".join("---" for _ in groups) + "|"]
-    lines += ["| " + " | ".join(_cell(r, *g[1:], digits) for g in groups) + " |" for r in rows]
+    d = {g: _column_digits(rows, g, digits) for g in groups}
+    lines += ["| " + " | ".join(_cell(r, *g[1:], d[g]) for g in groups) + " |" for r in rows]
     if const:
         lines += ["", "In every row: " + "; ".join(f"{g[0]} {_cell(rows[0], *g[1:], digits)}" for g in const) + "."]
     if hidden:

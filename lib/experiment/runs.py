@@ -218,7 +218,9 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
 
 
 def _label(key, job: Job) -> str:
-    return f"{'toy' if job.toy else 'images'} {job.arm} s{job.cfg.train.seed}"
+    """A run's name in the progress display: a dose run by its setting (its arm is s2dm), not as "s2dm"."""
+    name = key[1] if isinstance(key, tuple) and len(key) == 3 and isinstance(key[1], str) else job.arm
+    return f"{'toy' if job.toy else 'images'} {name} s{job.cfg.train.seed}"
 
 
 def train_experiment(cfg: Config, paths: Paths, arms=PAPER_ARMS, progress: bool = True) -> tuple[dict, dict]:
