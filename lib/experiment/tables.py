@@ -13,15 +13,18 @@ import numpy as np
 from lib.measure import stats
 
 
-def _fmt(v, lo, hi, digits=3, sign=""):
-    return f"{v:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+def _fmt(v, lo, hi, digits=3, sign="", decimals=None):
+    """``v [lo, hi]`` at one precision: ``decimals``, else ``digits`` significant digits of the largest."""
+    m = max((abs(x) for x in (v, lo, hi) if np.isfinite(x)), default=0.0)
+    d = decimals if decimals is not None else max(0, digits - 1 - int(np.floor(np.log10(m)))) if m > 0 else digits
+    return f"{v:{sign}.{d}f} [{lo:{sign}.{d}f}, {hi:{sign}.{d}f}]"
 
 
 def arm_cell(cells: list[dict], metric: str, level: float) -> str:
     """One arm's cell over its training seeds: mean with a t-interval over seeds, or (one seed) the
-    value with its sample-bootstrap interval; KID with 4 significant digits."""
+    value with its sample-bootstrap interval; three significant digits."""
     lo, hi = ("KID_lo", "KID_hi") if metric == "KID" else ("lo", "hi")
-    digits = 4 if metric == "KID" else 3
+    digits = 3
     if not cells:
         return "—"
     if len(cells) == 1:
@@ -54,7 +57,7 @@ def paper_layout(cells: list[dict], comparisons: dict, metric: str, level: float
                 d = stats.seed_interval(100 * np.asarray(c["per_seed_kid_rel"]), level)
             else:  # lib.measure.stats.seed_difference: t over seeds, or one seed's paired sample bootstrap
                 d = {"mean": 100 * c["rel"], "lo": 100 * c["rel_lo"], "hi": 100 * c["rel_hi"]}
-            imp[f"S={S}"] = _fmt(d["mean"], d["lo"], d["hi"], 1, "+") + (f" (n={c['n_seeds']})" if len(counts) > 1 else "")
+            imp[f"S={S}"] = _fmt(d["mean"], d["lo"], d["hi"], sign="+", decimals=1) + (f" (n={c['n_seeds']})" if len(counts) > 1 else "")
         table.append(imp)
     return table
 
