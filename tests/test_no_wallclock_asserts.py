@@ -1,4 +1,4 @@
-"""No notebook and no test asserts on wall-clock time (issue 19 item 10): a result must not depend on how
+"""No notebook and no test asserts on wall-clock time (docs/method.md §8.4): a result must not depend on how
 busy the machine was. Costs are checked in FLOPs or network evaluations; wall time is only reported.
 
 The scan is an AST taint: names bound from a clock (``time.time()``, ``perf_counter()``, …) or from a

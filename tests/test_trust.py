@@ -1,5 +1,5 @@
-"""Issue 19 ("Trust every path in"): every way weights, caches, downloads and output roots enter the
-project is checked before use, and bad input is one clear line. One section per numbered item."""
+"""Every way weights, caches, downloads and output roots enter the project is checked before use, and
+bad input is one clear line (docs/method.md §8.4, one section per numbered guarantee)."""
 import json
 import shutil
 
@@ -26,7 +26,7 @@ def _copy(run, where):
 
 
 # ---------------------------------------------------------------------------- 1. one gate for a run's weights
-def test_1_an_unfinished_extension_is_refused_by_the_pretrained_path(ci_run, tmp_path):
+def test_an_unfinished_extension_is_refused_by_the_pretrained_path(ci_run, tmp_path):
     run = _copy(ci_run, tmp_path / "run")
     c = json.loads((run / "config.json").read_text())
     c["train"]["steps"] = 40  # the extension to 40 steps was killed: final.pt still holds step 2
@@ -36,7 +36,7 @@ def test_1_an_unfinished_extension_is_refused_by_the_pretrained_path(ci_run, tmp
             pretrained.load_unet(str(source))
 
 
-def test_1_a_replaced_final_pt_is_refused(ci_run, tmp_path):
+def test_a_replaced_final_pt_is_refused(ci_run, tmp_path):
     run = _copy(ci_run, tmp_path / "run")
     sd = torch.load(run / "final.pt", weights_only=True)
     torch.save({k: v + 1 for k, v in sd.items()}, run / "final.pt")  # another arm's weights, say
@@ -49,7 +49,7 @@ def test_1_a_replaced_final_pt_is_refused(ci_run, tmp_path):
 
 
 # ---------------------------------------------------------------------------- 2. the classifier cache
-def test_2_the_classifier_cache_is_keyed_by_code_and_rebuilt_when_torn(tmp_path, monkeypatch):
+def test_the_classifier_cache_is_keyed_by_code_and_rebuilt_when_torn(tmp_path, monkeypatch):
     from lib.measure import classifier
 
     cfg = get_config("ci", ["eval.classifier_steps=2"])
@@ -72,7 +72,7 @@ def test_2_the_classifier_cache_is_keyed_by_code_and_rebuilt_when_torn(tmp_path,
     assert m.meta["key"] == key and torch.load(pt, weights_only=True)
 
 
-def test_2_a_garbage_reference_npz_is_one_line_naming_the_file(tmp_path):
+def test_a_garbage_reference_npz_is_one_line_naming_the_file(tmp_path):
     from lib.experiment import evaluate
     from lib.infra.paths import Paths
 
@@ -91,7 +91,7 @@ def _ft_cfg(steps=2, seed=0):
     return get_config("ci", [f"train.steps={steps}", "train.ckpt_every=1", "train.log_every=1", f"train.seed={seed}"])
 
 
-def test_3_a_fine_tune_of_a_retrained_source_is_moved_aside_not_refused(tmp_path):
+def test_a_fine_tune_of_a_retrained_source_is_moved_aside_not_refused(tmp_path):
     from lib.train import train
 
     src = train(_ft_cfg(), "baseline", tmp_path / "baseline", progress=False).parent
@@ -111,7 +111,7 @@ def test_3_a_fine_tune_of_a_retrained_source_is_moved_aside_not_refused(tmp_path
         train(_ft_cfg(), "s2dm", ft, progress=False, init_from=str(other))
 
 
-def test_4_resuming_a_fine_tune_without_init_from_keeps_its_provenance(tmp_path):
+def test_resuming_a_fine_tune_without_init_from_keeps_its_provenance(tmp_path):
     from lib.train import train
 
     src = train(_ft_cfg(), "baseline", tmp_path / "baseline", progress=False).parent
@@ -123,7 +123,7 @@ def test_4_resuming_a_fine_tune_without_init_from_keeps_its_provenance(tmp_path)
 
 
 # ---------------------------------------------------------------------------- 5. a relative output root
-def test_5_a_relative_output_root_is_resolved_once_in_the_caller(tmp_path, monkeypatch):
+def test_a_relative_output_root_is_resolved_once_in_the_caller(tmp_path, monkeypatch):
     from lib.experiment import runs
     from lib.infra.paths import Paths
 
@@ -137,7 +137,7 @@ def test_5_a_relative_output_root_is_resolved_once_in_the_caller(tmp_path, monke
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm")
 
 
-def test_5_make_hands_run_notebook_an_absolute_root():
+def test_make_hands_run_notebook_an_absolute_root():
     import subprocess
 
     from lib.infra.paths import ROOT
@@ -147,7 +147,7 @@ def test_5_make_hands_run_notebook_an_absolute_root():
 
 
 # ---------------------------------------------------------------------------- 9. notebook 03 re-runs when its runs go
-def test_9_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
+def test_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
     import subprocess
     import time
 
@@ -176,7 +176,7 @@ def _torch_disk_full(*a, **k):
                        "PytorchStreamWriter failed writing file data/0: file write failed (No space left on device)")
 
 
-def test_6_torch_s_runtime_error_is_a_disk_full_line(tmp_path, monkeypatch):
+def test_torch_s_runtime_error_is_a_disk_full_line(tmp_path, monkeypatch):
     from lib.infra import checkpoint as ckpt
 
     monkeypatch.setattr(torch, "save", _torch_disk_full)
@@ -185,7 +185,7 @@ def test_6_torch_s_runtime_error_is_a_disk_full_line(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
 
 
-def test_6_a_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch, capsys):
     from lib import train as T
 
     monkeypatch.setattr(torch, "save", _torch_disk_full)
@@ -195,7 +195,7 @@ def test_6_a_full_disk_during_a_checkpoint_write_is_one_line(tmp_path, monkeypat
     assert err.startswith("error: no space left") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_6_generate_refuses_a_disk_too_small_before_sampling(ci_run, tmp_path, monkeypatch, capsys):
+def test_generate_refuses_a_disk_too_small_before_sampling(ci_run, tmp_path, monkeypatch, capsys):
     import collections
 
     from lib import generate
@@ -209,7 +209,7 @@ def test_6_generate_refuses_a_disk_too_small_before_sampling(ci_run, tmp_path, m
     assert err.startswith("error: no space for the samples") and "Free" in err and err.count("\n") == 1
 
 
-def test_6_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monkeypatch, capsys):
+def test_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monkeypatch, capsys):
     from lib import generate
 
     monkeypatch.setattr(torch, "save", _torch_disk_full)
@@ -219,7 +219,7 @@ def test_6_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monke
 
 
 # ---------------------------------------------------------------------------- 7. downloads
-def test_7_an_html_error_page_is_not_installed(tmp_path):
+def test_an_html_error_page_is_not_installed(tmp_path):
     page = tmp_path / "error.html"
     page.write_text("<html>404 Not Found</html>")  # 27 bytes, served with status 200 by a broken mirror
     for kind in ("torch", "npz"):
@@ -233,7 +233,7 @@ def test_7_an_html_error_page_is_not_installed(tmp_path):
         pretrained.download(small.as_uri(), tmp_path / "inst" / "w.pt", None, kind="torch")
 
 
-def test_7_an_html_file_installed_earlier_is_fetched_again(tmp_path, capsys):
+def test_an_html_file_installed_earlier_is_fetched_again(tmp_path, capsys):
     from lib.experiment import fetch
 
     w = tmp_path / "inception-2015-12-05.pt"
@@ -242,7 +242,7 @@ def test_7_an_html_file_installed_earlier_is_fetched_again(tmp_path, capsys):
     assert "downloading it again" in capsys.readouterr().err
 
 
-def test_7_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
+def test_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
     import http.client
     import io
 
@@ -276,7 +276,7 @@ def test_7_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_7_a_hub_fetch_without_network_is_one_line(tmp_path, monkeypatch):
+def test_a_hub_fetch_without_network_is_one_line(tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
 
     def offline(*a, **k):
@@ -289,7 +289,7 @@ def test_7_a_hub_fetch_without_network_is_one_line(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- 8. crafted pretrained files
-def test_8_a_zip_bomb_is_refused_from_its_metadata(tmp_path, monkeypatch):
+def test_a_zip_bomb_is_refused_from_its_metadata(tmp_path, monkeypatch):
     import zipfile
 
     bomb = tmp_path / "bomb.pt"
@@ -301,7 +301,7 @@ def test_8_a_zip_bomb_is_refused_from_its_metadata(tmp_path, monkeypatch):
         pretrained.load_unet(str(bomb))
 
 
-def test_8_a_state_dict_claiming_huge_channels_is_refused_before_allocating(tmp_path, monkeypatch):
+def test_a_state_dict_claiming_huge_channels_is_refused_before_allocating(tmp_path, monkeypatch):
     sd = {"conv_in.weight": torch.zeros(8192, 3, 3, 3), "conv_out.weight": torch.zeros(3, 8192, 3, 3),
           "down.0.block.0.conv1.weight": torch.zeros(8192, 1, 1, 1), "down.0.attn.0.q.weight": torch.zeros(1)}
     torch.save(sd, tmp_path / "crafted.ckpt")
@@ -345,7 +345,7 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("config,match", BAD_CONFIGS, ids=[str(i) for i in range(len(BAD_CONFIGS))])
-def test_8_malformed_diffusers_configs_are_one_line(tmp_path, config, match):
+def test_malformed_diffusers_configs_are_one_line(tmp_path, config, match):
     folder = tmp_path / "unet"
     folder.mkdir()
     (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
@@ -355,7 +355,7 @@ def test_8_malformed_diffusers_configs_are_one_line(tmp_path, config, match):
     assert "config.json" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_8_safetensors_without_the_package_is_one_line(tmp_path, monkeypatch):
+def test_safetensors_without_the_package_is_one_line(tmp_path, monkeypatch):
     import sys
 
     folder = tmp_path / "unet"
@@ -375,7 +375,7 @@ class _Foreign:  # a class torch's weights_only unpickler refuses
     pass
 
 
-def test_9_a_refused_pickle_is_our_message_not_torch_s_advice(tmp_path):
+def test_a_refused_pickle_is_our_message_not_torch_s_advice(tmp_path):
     from lib.infra import checkpoint as ckpt
 
     torch.save({"w": torch.zeros(2), "x": _Foreign()}, tmp_path / "foreign.pt")
@@ -386,7 +386,7 @@ def test_9_a_refused_pickle_is_our_message_not_torch_s_advice(tmp_path):
         assert "could run code" in msg and "weights_only=False" not in msg and str(tmp_path / "foreign.pt") in msg
 
 
-def test_9_another_profile_on_a_run_folder_is_refused_with_the_differing_keys(ci_run, tmp_path):
+def test_another_profile_on_a_run_folder_is_refused_with_the_differing_keys(ci_run, tmp_path):
     from lib.infra.config import ConfigError
     from lib.train import train
 
@@ -397,7 +397,7 @@ def test_9_another_profile_on_a_run_folder_is_refused_with_the_differing_keys(ci
     assert not (run / "superseded").exists() and (run / "final.pt").exists()  # nothing moved aside
 
 
-def test_9_a_torn_loss_csv_is_one_line_and_resume_drops_the_torn_row(ci_run, tmp_path, capsys):
+def test_a_torn_loss_csv_is_one_line_and_resume_drops_the_torn_row(ci_run, tmp_path, capsys):
     from lib import train as T
     from lib.infra import runlog
 
@@ -411,7 +411,7 @@ def test_9_a_torn_loss_csv_is_one_line_and_resume_drops_the_torn_row(ci_run, tmp
     assert runlog.read_log(run)["step"] == [1.0, 2.0, 3.0]
 
 
-def test_9_an_invalid_final_json_in_generate_is_one_line(ci_run, tmp_path, capsys):
+def test_an_invalid_final_json_in_generate_is_one_line(ci_run, tmp_path, capsys):
     from lib import generate
 
     run = _copy(ci_run, tmp_path / "run")
@@ -421,7 +421,7 @@ def test_9_an_invalid_final_json_in_generate_is_one_line(ci_run, tmp_path, capsy
     assert err.startswith("error:") and "final.json is not valid JSON" in err and err.count("\n") == 1
 
 
-def test_9_notebook_parameters_of_the_wrong_type_are_one_line():
+def test_notebook_parameters_of_the_wrong_type_are_one_line():
     from lib.infra.config import ConfigError
     from lib.infra.paths import Paths
 
@@ -433,7 +433,7 @@ def test_9_notebook_parameters_of_the_wrong_type_are_one_line():
         get_config(["ci"])
 
 
-def test_9_a_failed_html_export_publishes_nothing_and_stays_not_done(tmp_path, monkeypatch, capsys):
+def test_a_failed_html_export_publishes_nothing_and_stays_not_done(tmp_path, monkeypatch, capsys):
     import importlib.util
 
     import nbconvert
@@ -466,7 +466,7 @@ def test_9_a_failed_html_export_publishes_nothing_and_stays_not_done(tmp_path, m
     assert "HTML export failed" in err and "template not found" in err
 
 
-def test_9_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_path, monkeypatch, capsys):
+def test_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_path, monkeypatch, capsys):
     import importlib.util
 
     from lib.infra.paths import ROOT
@@ -482,7 +482,7 @@ def test_9_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_pat
     assert err.startswith("error: --out") and err.count("\n") == 1
 
 
-def test_5_a_worker_command_with_a_relative_path_is_refused_before_it_starts():
+def test_a_worker_command_with_a_relative_path_is_refused_before_it_starts():
     import sys
 
     from lib.infra import processes

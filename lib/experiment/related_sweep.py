@@ -140,7 +140,7 @@ def step_flops(cfg: Config, arm: str) -> int:
 
 def cdm_flops(plan: Plan) -> list[dict]:
     """FLOPs per training step of the baseline and the CDM arm (the paper's 5 EM steps per chain, and this
-    profile's): the deterministic cost that notebook 06 checks (issue 19: never a wall-clock assertion)."""
+    profile's): the deterministic cost that notebook 06 checks (docs/method.md §8.4: never a wall-clock assertion)."""
     cfg = plan.cfg
     base = step_flops(cfg, "baseline")
     rows = [{"arm": "baseline", "EM steps per chain": 0, "GFLOP/step": base / 1e9, "× baseline": 1.0}]

@@ -9,7 +9,7 @@ annotated type. :func:`validate` is the one validator: the types of every field 
 consistency (channels, resolution, batch against the dataset's size).
 
 Profiles (docs/profiles.md; their numbers side by side in lib.infra.profiles): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
-without a GPU: MNIST-5k and 2-D toy data, ~30 min on 2 cores), ``gpu`` (one GPU: CIFAR-10) and
+without a GPU: MNIST-5k and 2-D toy data, ~50 min on 2 cores, measured: docs/profiles.md), ``gpu`` (one GPU: CIFAR-10) and
 ``paper`` (the paper's model and optimiser, long training, 50k-sample FID).
 Unknown profiles, unknown keys, wrong types and impossible values fail at once with a message
 that lists what is valid.

@@ -22,9 +22,9 @@ GPU = {**PAPER,
        "sample.n_samples": 10_000, "sample.batch_size": 1000, "sample.steps": (10, 20, 50, 100, 1000),
        "experiment.n_seeds": 3}
 
-# MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm: ~30 min on
-# 2 cores (measured: README). The sweep's 4 samplers x 4 step counts x 2 arms cost ~1500 network
-# evaluations per sample, hence 500 samples per cell. Notebook 06 (experiment.related_*, cdm_*, rho_*,
+# MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm: 49.5 min
+# on 2 cores (measured: docs/profiles.md). The full sweep's 4 samplers x 4 step counts cost ~760 network
+# evaluations per sample per (seed, arm), hence 500 samples per cell and the full sweep on 3 seeds only. Notebook 06 (experiment.related_*, cdm_*, rho_*,
 # es_*) is chosen to fit a few minutes on 2 cores per seed.
 CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model.ch": 16, "model.ch_mult": (1, 2, 2),
        "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.dropout": 0.0,
