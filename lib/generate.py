@@ -7,6 +7,7 @@ from the very same x_T (a paired comparison).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -101,6 +102,17 @@ def save_samples(x: torch.Tensor, path) -> Path:
     from lib.data import from_model_range
 
     return ckpt.atomic_save(from_model_range(x) if x.dtype != torch.uint8 else x, path)
+
+
+def rescue(write, out) -> Path | None:
+    """Keep finished samples whose destination could not be written: ``write(path)`` into the system's
+    temporary folder (another disk, often) under ``out``'s name; the path, or None if that fails too."""
+    import tempfile
+
+    try:
+        return write(Path(tempfile.gettempdir()) / f"s2dm-rescued-{os.getpid()}-{Path(out).name}")
+    except (OSError, RuntimeError):
+        return None
 
 
 # ---------------------------------------------------------------------------- command line
@@ -217,12 +229,16 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if ctx.main:
+        write = (lambda p: save_samples(x, p)) if m.kind != "mlp" else (lambda p: ckpt.atomic_save(x.float(), p))
         try:
-            path = save_samples(x, a.out) if m.kind != "mlp" else ckpt.atomic_save(x.float(), a.out)
-        except (ckpt.DiskFull, OSError) as e:  # the disk filled while sampling: the samples are seeded, so rerun
-            print(f"error: {e}" if isinstance(e, ckpt.DiskFull) else
-                  f"error: {a.out} cannot be written ({e.strerror or e}); choose another --out and run the same "
-                  f"command again (the samples are seeded: the same set comes out)", file=sys.stderr)
+            path = write(a.out)
+        except (ckpt.DiskFull, OSError) as e:  # the disk filled while sampling: keep the finished samples
+            kept = rescue(write, a.out)
+            print((f"error: {e}" if isinstance(e, ckpt.DiskFull) else
+                   f"error: {a.out} cannot be written ({e.strerror or e})") +
+                  (f"; the {n} finished samples are kept in {kept}: move them to {a.out} once there is room"
+                   if kept else "; choose another --out and run the same command again (the samples are "
+                   "seeded: the same set comes out)"), file=sys.stderr)
             return 2
         print(f"{n} samples ({a.method}, S={a.steps}, {grid}, NFE {info['nfe']}/sample, {ctx.world} process(es), "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr)

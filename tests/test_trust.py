@@ -218,6 +218,34 @@ def test_a_disk_filling_at_the_final_write_is_one_line(ci_run, tmp_path, monkeyp
     assert err.startswith("error: no space left") and err.count("\n") == 1
 
 
+def test_finished_samples_are_kept_when_the_destination_disk_fills(ci_run, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from lib import generate
+
+    import errno
+
+    from lib.infra import checkpoint as ckpt
+
+    real_save = ckpt.atomic_save
+
+    def save(obj, path, *a, **k):  # only the destination's disk is full
+        if "full-disk" in str(path):
+            raise ckpt.DiskFull(errno.ENOSPC, f"no space left on the disk of {path}")
+        return real_save(obj, path, *a, **k)
+
+    (tmp_path / "full-disk").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.setattr(ckpt, "atomic_save", save)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "other"))
+    out = tmp_path / "full-disk" / "s.pt"
+    assert generate.main(["--run-dir", str(ci_run), "--out", str(out), "--quiet", "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    kept = list((tmp_path / "other").glob("s2dm-rescued-*-s.pt"))
+    assert err.count("\n") == 1 and "finished samples are kept in" in err and len(kept) == 1
+    assert torch.load(kept[0], weights_only=True).shape[0] == 4 and not out.exists()
+
+
 # ---------------------------------------------------------------------------- 7. downloads
 def test_an_html_error_page_is_not_installed(tmp_path):
     page = tmp_path / "error.html"
