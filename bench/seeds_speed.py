@@ -34,11 +34,14 @@ def _images_per_s(run_dir) -> float:
     return sorted(v)[len(v) // 2] if v else float("nan")
 
 
-def train_serial(cfg, out: Path, threads: int) -> dict:
-    job = runs.Job(cfg, "baseline", out)
+def train_serial(profile: str, overrides: dict, out: Path, threads: int) -> dict:
+    """``python -m lib.train`` of the profile's baseline with ``overrides``, in a process of ``threads`` threads."""
+    cfg = with_overrides(get_config(profile), overrides)
+    cmd = [sys.executable, "-m", "lib.train", "--profile", profile, "--arm", "baseline", "--out", str(out), "--quiet"]
+    cmd += [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
-    subprocess.run(runs.command_line(job), cwd=ROOT, env=env, check=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "images_per_s": _images_per_s(out), "wall_images_per_s": cfg.train.steps * cfg.train.batch_size / wall}
 
@@ -74,17 +77,17 @@ def main():
     p.add_argument("--profile", default="cpu")
     p.add_argument("--steps", type=int, default=200)
     a = p.parse_args()
-    cfg = with_overrides(get_config(a.profile), {"train.steps": a.steps, "train.ckpt_every": a.steps,
-                                                 "train.log_every": max(1, a.steps // 5)})
+    over = {"train.steps": a.steps, "train.ckpt_every": a.steps, "train.log_every": max(1, a.steps // 5)}
+    cfg = with_overrides(get_config(a.profile), over)
     res = {"profile": a.profile, "steps": a.steps, "batch": cfg.train.batch_size, "cpu": cpu_model(),
            "cores": os.cpu_count(), "python": platform.python_version(),
            "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        res["train_1proc_2threads"] = train_serial(cfg, tmp / "t2", 2)
-        res["train_1proc_1thread"] = train_serial(cfg, tmp / "t1", 1)
+        res["train_1proc_2threads"] = train_serial(a.profile, over, tmp / "t2", 2)
+        res["train_1proc_1thread"] = train_serial(a.profile, over, tmp / "t1", 1)
         res["train_2proc_1thread"] = train_two(cfg, tmp / "p2")
-        res["train_1thread_compile"] = train_serial(with_overrides(cfg, {"train.compile": True}), tmp / "c1", 1)
+        res["train_1thread_compile"] = train_serial(a.profile, {**over, "train.compile": True}, tmp / "c1", 1)
     res["ddim_evals_per_s_1thread"] = sample_speed(cfg, 1)
     res["ddim_evals_per_s_2threads"] = sample_speed(cfg, 2)
     res["load_after"] = os.getloadavg()[0]

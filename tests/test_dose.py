@@ -1,4 +1,5 @@
 """The dose–response test of the shrinkage explanation (lib.experiment.dose) and its training runs."""
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ from scipy import stats as sst
 
 from lib.experiment import dose, runs
 from lib.factory import schedule_of
-from lib.infra.config import ConfigError, get_config
+from lib.infra.config import ConfigError, from_dict, get_config
 from lib.infra.paths import Paths
 
 
@@ -33,6 +34,10 @@ def test_the_strong_settings_scale_lambda_by_ten_or_more():
     assert by[9, 0.99]["lambda_max − 1"] == pytest.approx(0.0020, abs=1e-4)
 
 
+def _flat(cfg) -> dict:
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict) for k, v in sec.items()}
+
+
 @pytest.mark.parametrize("profile", ["ci", "cpu"])
 def test_dose_jobs_are_paired_with_the_baseline(profile, tmp_path):
     """Seed s of a dose run has the baseline's train.seed = s and differs from the s2dm arm of seed s only
@@ -48,13 +53,13 @@ def test_dose_jobs_are_paired_with_the_baseline(profile, tmp_path):
         kinds.add(kind)
         ref = (image if kind == "images" else toy)["s2dm", s]
         assert job.arm == "s2dm" and job.cfg.train.seed == s == ref.cfg.train.seed
-        a, b = runs._flat(job.cfg), runs._flat(ref.cfg)
+        a, b = _flat(job.cfg), _flat(ref.cfg)
         differ = {k for k in a if a[k] != b[k]}
         assert differ and differ <= {"loss.skip", "loss.tau"} and a.keys() == b.keys(), (arm, differ)
         assert arm == runs.dose_arm(job.cfg.loss.skip, job.cfg.loss.tau) != "s2dm"
         assert (job.cfg.loss.skip, job.cfg.loss.tau) != (cfg.loss.skip, cfg.loss.tau)
         assert job.out == (runs.image_run(P, arm, s) if kind == "images" else runs.toy_run(P, arm, s))
-        assert runs.command_line(job) is not None
+        assert repr(from_dict(json.loads(json.dumps(job.cfg.to_dict())))) == repr(job.cfg)  # a worker gets it exactly
     assert kinds == {"images", "toy"}
     n_toy = sum(1 for k in jobs if k[0] == "toy")
     assert n_toy == cfg.toy.n_seeds * sum(1 for st in runs.dose_settings(cfg) if st != (cfg.loss.skip, cfg.loss.tau))
@@ -125,3 +130,15 @@ def test_the_answer_counts_the_decided_cells():
             for m, o, p, ex in (("ddim", 1.0, 0.5, True), ("pndm", 0.2, 0.1, False))]
     (line,) = dose.answer(rows)
     assert "excludes 0 in 1 of 2 cells" in line and "ddim-10 (+0.5)" in line and "5 seeds" in line
+
+
+def test_detectable_uses_the_noncentral_t_mde_of_the_observed_seed_sd():
+    from lib.measure import stats as st
+    per_seed = [{"model": "image", "metric": "FD", "skip": 99, "tau": 0.99, "sampler": "ddim", "steps": 10, "seed": s,
+                 "baseline": 10.0, "s2dm": 10.0 + d, "implied": 10.5} for s, d in enumerate((0.2, 1.4, 0.9))]
+    per_seed += [{**per_seed[0], "model": "toy", "seed": 0}]
+    rows = dose.dose_table(per_seed, 0.95)
+    assert rows[0]["observed_sd"] == pytest.approx(np.std([0.2, 1.4, 0.9], ddof=1), rel=1e-12)
+    lines = dose.detectable(rows, 0.95)
+    mde = st.mde_paired_t(rows[0]["observed_sd"], 3, 0.8, 0.05)
+    assert len(lines) == 1 and f"MDE(80%) {mde:.3f}" in lines[0] and "predicted +0.500 (below the MDE)" in lines[0]

@@ -118,6 +118,34 @@ def test_committed_cpu_results_match_what_the_notebooks_write(out_root):
     assert not problems, "\n".join(problems)
 
 
+def test_worker_processes_measure_what_this_process_measures(out_root):
+    """The fan-out (lib.experiment.workers) gives the same rows in 2 worker processes as in this process,
+    on the ci runs the notebooks above trained: image cells (sweep), the related-methods cells and the
+    dose–response cells (toy and images). Runs after the notebook tests of this module."""
+    from lib.experiment import dose, related_sweep, sweep
+    from lib.experiment.evaluate import ImageEvaluator
+    from lib.infra.config import get_config, with_overrides
+    from lib.infra.paths import Paths
+
+    if not (out_root / "figures" / "ci" / "06_related_methods.ipynb").exists():
+        pytest.skip("needs the ci runs of notebooks 03–06: run the whole of tests/test_notebooks.py")
+    paths = Paths("ci", out_root)
+    one, two = (with_overrides(get_config("ci"), {"experiment.workers": w}) for w in (1, 2))
+    ev = ImageEvaluator(one, paths, progress=False)
+    steps = [one.experiment.headline_steps[0]]
+    rows = [sweep.image_sweep(ev, c, paths, ["ddim"], steps, seeds=[0, 1], progress=False) for c in (one, two)]
+    assert len(rows[0]) == 4 and json.loads(json.dumps(rows[0])) == rows[1]
+    cells = []
+    for c in (one, two):
+        plan = related_sweep.Plan.of(c)
+        cc = related_sweep.Cells(plan, paths, ImageEvaluator(plan.cfg, paths, progress=False))
+        cc.seed_cells("A", progress=False)
+        cells.append(cc.rows)
+    assert cells[0] and json.loads(json.dumps(cells[0])) == cells[1]
+    d = [dose.run_cells(c, paths, progress=False) for c in (one, two)]
+    assert d[0]["dose"] and d[0] == d[1]
+
+
 # An absolute path in a committed result names the producing machine: /home/…, /work/…, /content/…, a
 # PosixPath repr, the staging folder. URLs (scheme://) and embedded images are not paths.
 _ABSOLUTE = re.compile(r"(?<![\w:/.~\\])/(?:[\w.+-]+/){2,}|PosixPath\('/|/\.staging/")

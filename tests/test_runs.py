@@ -16,13 +16,17 @@ def _toy_job(tmp_path, seed, arm="baseline", name=None):
     return runs.Job(cfg, arm, tmp_path / (name or f"{arm}-{seed}"), toy=True)
 
 
-def test_command_line_rebuilds_the_config_exactly(tmp_path):
-    job = _toy_job(tmp_path, 3)
-    cmd = job and runs.command_line(job)
-    assert cmd[1:3] == ["-m", "lib.train"] and "--toy" in cmd and "train.seed=3" in cmd
-    img = runs.Job(with_overrides(get_config("cpu"), {"sample.steps": (10, 20), "loss.tau": 0.98}), "s2dm", tmp_path / "x")
-    cmd = runs.command_line(img)
-    assert "--toy" not in cmd and "sample.steps=(10,20)" in cmd and "loss.tau=0.98" in cmd
+def test_a_worker_rebuilds_the_config_exactly(tmp_path):
+    """Every job reaches its worker as Config.to_dict() through JSON (lib.infra.processes.job_context)."""
+    from lib.infra import processes
+
+    P = Paths("ci", tmp_path)
+    cfgs = [_toy_job(tmp_path, 3).cfg, with_overrides(get_config("cpu"), {"sample.steps": (10, 20), "loss.tau": 0.98})]
+    cfgs += [j.cfg for j in runs.dose_jobs(get_config("cpu"), P).values()]
+    for cfg in cfgs:
+        sent = json.loads(json.dumps(processes.job_context(cfg, P)))
+        back, paths = processes.job_context_of(**sent)
+        assert repr(back) == repr(cfg) and back.to_dict() == cfg.to_dict() and paths.base == P.base
 
 
 def test_paths_of_seeds_keep_seed_zero_where_it_was(tmp_path):

@@ -177,3 +177,14 @@ def test_method_notes_have_the_cited_sections():
     cited = {m for _, t in _texts() for m in re.findall(r"docs/method\.md §(\d+(?:\.\d+)?)", t)}
     for sec in cited:
         assert re.search(rf"^#+ §{re.escape(sec)}\b", text, re.M), f"docs/method.md has no section §{sec}"
+
+
+def test_one_fan_out_mechanism():
+    """Work reaches worker processes one way: lib.infra.processes starts them, and only
+    lib.experiment.workers hands it calls (one config encoding, lib.infra.processes.job_context)."""
+    starts = [m for m, p in MODULES.items() if re.search(r"subprocess\.(Popen|run|call|check_call|check_output)\(", p.read_text())]
+    assert starts == ["lib.infra.processes"], starts
+    fans = [m for m, p in MODULES.items() if "run_parallel(" in p.read_text() and m != "lib.infra.processes"]
+    assert fans == ["lib.experiment.workers"], fans
+    mains = [m for m, p in MODULES.items() if "JOB.json" in p.read_text() or "def _worker(" in p.read_text()]
+    assert not mains, f"a worker entry point of its own (use lib.experiment.workers): {mains}"

@@ -133,8 +133,15 @@ def test_a_relative_output_root_is_resolved_once_in_the_caller(tmp_path, monkeyp
     monkeypatch.chdir("/")  # a worker runs elsewhere (lib.infra.processes: from the repository)
     assert P.run("images/s2dm") == tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm"
     job = runs.Job(get_config("ci"), "s2dm", runs.image_run(P, "s2dm"))
-    cmd = runs.command_line(job)
-    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm")
+    sent = {}
+
+    def record(fn, calls, workers, **kw):
+        sent.update(calls)
+        return {}, []
+    monkeypatch.setattr(runs, "call_in_workers", record)
+    runs.train_parallel({"a": job, "b": runs.Job(job.cfg, "baseline", runs.image_run(P, "baseline"))}, workers=2,
+                        progress=False)
+    assert sent["a"]["out"] == str(tmp_path / "relout" / "data" / "runs" / "ci" / "images" / "s2dm")
 
 
 def test_make_hands_run_notebook_an_absolute_root():
@@ -513,6 +520,10 @@ def test_gpu_check_with_an_unwritable_out_is_one_line_before_measuring(tmp_path,
 def test_a_worker_command_with_a_relative_path_is_refused_before_it_starts():
     import sys
 
+    from lib.experiment import runs
+    from lib.experiment.workers import call_in_workers
     from lib.infra import processes
     with pytest.raises(ValueError, match="'relout/run' is relative"):
         processes.run_parallel({"a": [sys.executable, "-m", "lib.train", "--out", "relout/run"]}, 1, progress=False)
+    with pytest.raises(ValueError, match="'relout/run' is relative"):
+        call_in_workers(runs.train_job, {"a": {"config": {}, "arm": "s2dm", "out": "relout/run"}}, 2, progress=False)

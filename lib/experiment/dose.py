@@ -20,10 +20,6 @@ the baseline, DDIM, ``metric(baseline ÷ λ) − metric(baseline)`` per seed wit
 """
 from __future__ import annotations
 
-import json
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +33,7 @@ from lib.infra.config import Config, toy_config, with_overrides
 from lib.infra.paths import Paths
 from lib.measure import stats, toymetrics
 from lib.related import epsscale
+from lib.experiment.workers import call_in_workers
 from lib import samplers
 
 TOY_METRICS = ("mmd", "nll")
@@ -104,7 +101,22 @@ def dose_table(per_seed: list[dict], level: float = 0.95) -> list[dict]:
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _interval(vals, level)
         row["n_seeds"] = len(rs)
         row["excludes_0"] = stats.excludes_zero(row["difference_lo"], row["difference_hi"])
+        obs = [r["s2dm"] - r["baseline"] for r in rs]
+        row["observed_sd"] = float(np.std(obs, ddof=1)) if len(rs) > 1 else float("nan")  # for detectable()
         out.append(row)
+    return out
+
+
+def detectable(rows: list[dict], level: float = 0.95, power: float = 0.8) -> list[str]:
+    """What the image seeds could see, one line per cell with ≥ 2 seeds: the seed SD of observed and the
+    minimum detectable effect of the paired t-test at ``power`` (lib.measure.stats.mde_paired_t, noncentral
+    t) beside the predicted effect (below the MDE: the test could not have told it from zero)."""
+    out = []
+    for r in (r for r in rows if r["model"] == "image" and r["n_seeds"] >= 2):
+        mde = stats.mde_paired_t(r["observed_sd"], r["n_seeds"], power, 1 - level)
+        out.append(f"skip {r['skip']} tau {r['tau']} {r['sampler']}-{r['steps']}: seed SD {r['observed_sd']:.3f}, "
+                   f"MDE({power:.0%}) {mde:.3f}, predicted {r['predicted']:+.3f}"
+                   f"{'' if abs(r['predicted']) >= mde else ' (below the MDE)'}")
     return out
 
 
@@ -224,49 +236,29 @@ def toy_seed_rows(cfg: Config, paths: Paths, seed: int) -> list[dict]:
 
 def run_cells(cfg: Config, paths: Paths, progress: bool = True) -> dict:
     """Every toy seed and every image seed of the dose–response test and the control, each a job in its own
-    single-threaded process (``python -m lib.experiment.dose JOB.json``; in this process when
-    experiment.workers = 1). Returns {"dose": per-seed rows (toy and image), "control": per-seed rows}."""
+    single-threaded process (:func:`seed_job` through lib.experiment.workers.call_in_workers; in this
+    process when experiment.workers = 1). Returns {"dose": per-seed rows (toy and image), "control": per-seed rows}."""
     runs.require_image_runs(paths, cfg)
     runs.require_dose_runs(paths, cfg)
     x = cfg.experiment
     image_seeds = sorted(set(runs.dose_image_seeds(cfg)) | set(range(min(x.control_seeds, x.n_seeds))))
     jobs = [("images", s) for s in image_seeds] + [("toy", s) for s in range(cfg.toy.n_seeds)]
-    workers = processes.n_workers(x.workers, len(jobs))
-    results = []
-    if workers == 1:
-        with processes.single_thread():
-            results = [_job(cfg, paths, kind, s) for kind, s in jobs]
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            commands = {}
-            for kind, s in jobs:
-                f = Path(tmp) / f"{kind}-{s}.json"
-                f.write_text(json.dumps({"config": cfg.to_dict(), "profile": paths.profile, "root": str(paths.base),
-                                         "kind": kind, "seed": s, "out": str(f.with_suffix(".rows.json"))}))
-                commands[kind, s] = [sys.executable, "-m", "lib.experiment.dose", str(f)]
-            failures = processes.run_parallel(commands, workers, progress, lambda k: f"06 dose cells, {k[0]} seed {k[1]}")
-            if failures:
-                raise RuntimeError(f"{len(failures)} of {len(jobs)} dose jobs failed:\n" + "\n".join(failures))
-            results = [json.loads((Path(tmp) / f"{kind}-{s}.rows.json").read_text()) for kind, s in jobs]
+    calls = {(kind, s): {**processes.job_context(cfg, paths), "kind": kind, "seed": s} for kind, s in jobs}
+    done, failures = call_in_workers(seed_job, calls, x.workers, progress=progress,
+                                               describe=lambda k: f"06 dose cells, {k[0]} seed {k[1]}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(jobs)} dose jobs failed:\n" + "\n".join(failures))
+    results = [done[k] for k in jobs]
     return {"dose": [r for res in results for r in res["dose"]], "control": [r for res in results for r in res["control"]]}
+
+
+def seed_job(config: dict, profile: str, root: str, kind: str, seed: int) -> dict:
+    """One seed's cells as a worker call (lib.experiment.workers.call_in_workers)."""
+    cfg, paths = processes.job_context_of(config, profile, root)
+    return _job(cfg, paths, kind, seed)
 
 
 def _job(cfg: Config, paths: Paths, kind: str, seed: int) -> dict:
     if kind == "toy":
         return {"dose": toy_seed_rows(cfg, paths, seed), "control": []}
     return image_seed_rows(cfg, paths, seed)
-
-
-def _worker(job_file: str) -> int:
-    """``python -m lib.experiment.dose JOB.json``: one seed's cells, rows to job['out']."""
-    from lib.infra.checkpoint import atomic_write_text
-    from lib.infra.config import from_dict
-
-    job = json.loads(Path(job_file).read_text())
-    rows = _job(from_dict(job["config"]), Paths(job["profile"], Path(job["root"])), job["kind"], job["seed"])
-    atomic_write_text(job["out"], json.dumps(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))

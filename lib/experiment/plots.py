@@ -101,3 +101,74 @@ def seed_lines(ax, labels, comparisons, scale: float = 1.0, key: str = "per_seed
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
     ax.legend(fontsize=8)
+
+
+def forest(ax, labels, rows, per_seed: dict, claim, margin: float, measure: str, one_seed: bool = False):
+    """The improvement forest of notebook 05: per cell the mean relative improvement (%) with its interval
+    (``rows``: dicts with "improvement %", "lo", "hi", in the order of ``labels``), each training seed's
+    value (``per_seed``: {cell: [% per seed]}, same order), the paper's claimed range and ±``margin``."""
+    y = np.arange(len(labels))
+    rel = np.array([[r["improvement %"], r["lo"], r["hi"]] for r in rows])
+    ax.axvspan(*claim, color="C2", alpha=0.2, label="paper's claimed range")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.errorbar(rel[:, 0], y, xerr=[rel[:, 0] - rel[:, 1], rel[:, 2] - rel[:, 0]], fmt="o", capsize=3,
+                label="ours, mean over seeds" + (" (bootstrap)" if one_seed else " (paired t over seeds)"))
+    n_seeds = max((len(v) for v in per_seed.values()), default=0)
+    for k in range(n_seeds):
+        ax.plot([v[k] if k < len(v) else np.nan for v in per_seed.values()], y, ".", color="C1", alpha=0.6,
+                label="each training seed" if k == 0 else None)
+    ax.axvline(-margin, color="C3", ls=":", lw=1, label=f"±{margin} % (TOST margin)")
+    ax.axvline(margin, color="C3", ls=":", lw=1)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"relative improvement of {measure} (%), > 0: S²-DM better")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def predicted_observed(ax, rows, title: str):
+    """The dose–response plot of notebook 06: per cell observed (trained S²-DM − baseline) against
+    predicted (baseline ÷ implied λ_t − baseline) with both t-intervals, one series per (skip, τ), and the
+    identity line (the shrinkage explanation holds where the points sit on it)."""
+    for k, tau in dict.fromkeys((r["skip"], r["tau"]) for r in rows):
+        g = [r for r in rows if (r["skip"], r["tau"]) == (k, tau)]
+        x, y = (np.array([r[key] for r in g], dtype=float) for key in ("predicted", "observed"))
+        err = {key: [np.nan_to_num(np.maximum(0, v - np.array([r[f"{key}_lo"] for r in g], dtype=float))),
+                     np.nan_to_num(np.maximum(0, np.array([r[f"{key}_hi"] for r in g], dtype=float) - v))]
+               for key, v in (("predicted", x), ("observed", y))}
+        ax.errorbar(x, y, xerr=err["predicted"], yerr=err["observed"], marker="o", linestyle="none", capsize=2,
+                    label=f"skip {k}, τ {tau:g}")
+    if rows:
+        lim = [np.nanmin([r[k] for r in rows for k in ("predicted", "observed", "predicted_lo", "observed_lo")]),
+               np.nanmax([r[k] for r in rows for k in ("predicted", "observed", "predicted_hi", "observed_hi")])]
+        ax.plot(lim, lim, "k--", lw=1, label="observed = predicted")
+    ax.set_xlabel("predicted: baseline ÷ implied λ_t − baseline")
+    ax.set_ylabel("observed: trained S²-DM − baseline")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def metric_vs_nfe(axes, rows, arms, labels, metric: str, seed: int = 0):
+    """One panel per arm: ``metric`` against NFE for each sampler family in ``labels`` (rows of training
+    seed ``seed``), with each cell's interval."""
+    for ax, arm in zip(axes, arms):
+        for lab in labels:
+            rs = sorted((r for r in rows if r["arm"] == arm and r["method"] == lab and r["seed"] == seed),
+                        key=lambda r: r["nfe"])
+            plot_interval(ax, [r["nfe"] for r in rs], rs, metric, label=lab)
+        ax.set_xlabel("NFE")
+        ax.set_title(f"{arm} (set A, training seed {seed})")
+    axes[0].set_ylabel(metric)
+    axes[-1].legend(fontsize=8)
+
+
+def implied_lambda(ax, schedule, skips, tau: float):
+    """λ_t = (τ + (1−τ)c_t²)/τ, the ε scaling S²-DM's loss implies (docs/method.md §1), for each skip."""
+    from lib.related import epsscale
+
+    t = torch.arange(schedule.T, dtype=torch.float64)
+    for skip in skips:
+        ax.plot(t, epsscale.implied_s2dm(schedule, skip, tau)(t), label=f"skip {skip}, τ {tau}")
+    ax.set_xlabel("t")
+    ax.set_ylabel("implied λ_t")
+    ax.legend()
+    ax.set_title("the ε scaling S²-DM's loss implies")

@@ -12,11 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +31,7 @@ from lib.experiment.sweep import toy_sweep
 from lib.experiment.steptime import seconds_per_step
 from lib.infra.runlog import read_log
 from lib.train import ARMS  # the paper's two arms and the CDM arm
+from lib.experiment.workers import call_in_workers
 
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
 # at the NFE of DDIM with S steps; Restart uses the paper's CIFAR-10 VP setting with K = 2.
@@ -172,7 +169,7 @@ class Cells:
 
     :meth:`seed_cells` (phase ``"A"``: every sampler on every arm, and the implied scaling; phase
     ``"B"``: the set-B report with the chosen ρ and λ) runs each training seed in its own
-    single-threaded process when ``experiment.workers`` ≠ 1 (``python -m lib.experiment.related_sweep JOB.json``);
+    single-threaded process when ``experiment.workers`` ≠ 1 (:func:`phase_job`);
     the cells are the same either way."""
 
     def __init__(self, plan: Plan, paths: Paths, ev: ImageEvaluator):
@@ -208,20 +205,15 @@ class Cells:
             for s in seeds:
                 self._phase(phase, s)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            commands = {}
-            for s in seeds:
-                job = Path(tmp) / f"{phase}-{s}.json"
-                lam = None if self.lam is None else {"type": type(self.lam).__name__, **dataclasses.asdict(self.lam)}
-                job.write_text(json.dumps({"config": self.plan.cfg.to_dict(), "profile": self.paths.profile,
-                                           "root": str(self.paths.base), "phase": phase, "seed": s,
-                                           "rho": self.rho, "lam": lam, "out": str(Path(tmp) / f"{phase}-{s}.rows.json")}))
-                commands[s] = [sys.executable, "-m", "lib.experiment.related_sweep", str(job)]
-            failures = processes.run_parallel(commands, workers, progress, lambda s: f"06 cells phase {phase}, seed {s}")
-            if failures:
-                raise RuntimeError(f"{len(failures)} of {len(seeds)} seeds' cells failed:\n" + "\n".join(failures))
-            for s in seeds:
-                self.rows += json.loads((Path(tmp) / f"{phase}-{s}.rows.json").read_text())
+        lam = None if self.lam is None else {"type": type(self.lam).__name__, **dataclasses.asdict(self.lam)}
+        calls = {s: {**processes.job_context(self.plan.cfg, self.paths), "phase": phase, "seed": s, "rho": self.rho,
+                     "lam": lam} for s in seeds}
+        rows, failures = call_in_workers(phase_job, calls, workers,
+                                                   progress=progress, describe=lambda s: f"06 cells phase {phase}, seed {s}")
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(seeds)} seeds' cells failed:\n" + "\n".join(failures))
+        for s in seeds:
+            self.rows += rows[s]
 
     def _phase(self, phase: str, seed: int) -> None:
         if phase == "A":
@@ -405,24 +397,38 @@ class _ImpliedWrapper:
         return epsscale.EpsScaled(model, self.lam)
 
 
-def _worker(job_file: str) -> int:
-    """``python -m lib.experiment.related_sweep JOB.json``: one phase of one training seed's cells, rows to job['out']."""
-    from lib.infra.checkpoint import atomic_write_text
-    from lib.infra.config import from_dict
-
-    job = json.loads(Path(job_file).read_text())
-    paths = Paths(job["profile"], Path(job["root"]))
-    plan = Plan.of(from_dict(job["config"]))
+def phase_job(config: dict, profile: str, root: str, phase: str, seed: int, rho, lam) -> list[dict]:
+    """One phase of one training seed's cells as a worker call (lib.experiment.workers.call_in_workers)."""
+    cfg, paths = processes.job_context_of(config, profile, root)
+    plan = Plan.of(cfg)  # cfg is already the plan's: Plan.of is idempotent
     cells = Cells(plan, paths, ImageEvaluator(plan.cfg, paths, progress=False))
-    if job["rho"] is not None:
-        cells.rho = tuple(job["rho"])
-    if job["lam"] is not None:
-        lam = dict(job["lam"])
+    if rho is not None:
+        cells.rho = tuple(rho)
+    if lam is not None:
+        lam = dict(lam)
         cells.lam = getattr(epsscale, lam.pop("type"))(**lam)
-    cells._phase(job["phase"], job["seed"])
-    atomic_write_text(job["out"], json.dumps(cells.rows))
-    return 0
+    cells._phase(phase, seed)
+    return cells.rows
 
 
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))
+def reductions(model, cfg: Config, S: int, grid) -> dict:
+    """Each neighbour at its trivial setting against its baseline sampler on ``model``, 8 samples of
+    the profile's shape: {check: bit-identical}. Time-Shift with cutoff T is DDIM, TS-PNDM with
+    window 0 is PNDM, Restart with k = 0 is Heun, Skip-Tuning with ρ = 1 and a constant ε scaling
+    λ = 1 are the plain DDIM; Skip-Tuning leaves no hook behind."""
+    sch = schedule_of(cfg)
+    xT = generate.initial_noise((cfg.model.in_channels, cfg.model.resolution, cfg.model.resolution), 0, 8,
+                                cfg.sample.seed)
+
+    def run(m, method, **kw):  # the stochastic samplers draw from one generator seed on both sides
+        return samplers.sample(m, xT, sch, S, method, profile_grid=grid, generator=torch.Generator().manual_seed(0), **kw)
+    out = {f"{a} {kw} = {b}": torch.equal(run(model, a, **kw), run(model, b))
+           for a, kw, b in (("ts-ddim", dict(cutoff=cfg.diffusion.T), "ddim"), ("ts-pndm", dict(window=0), "pndm"),
+                            ("restart", dict(k=0), "heun"))}
+    ddim0 = samplers.sample(model, xT, sch, S, "ddim", grid=grid)
+    out["skip-tuning rho 1 = ddim"] = torch.equal(samplers.sample(skiptuning.SkipTuned(model, 1.0, 1.0), xT, sch, S,
+                                                                  "ddim", grid=grid), ddim0)
+    out["eps scaling lambda 1 = ddim"] = torch.equal(
+        samplers.sample(epsscale.EpsScaled(model, epsscale.Constant(1.0)), xT, sch, S, "ddim", grid=grid), ddim0)
+    out["skip-tuning leaves no hook"] = not any(b._forward_pre_hooks for b in skiptuning.decoder_blocks(model))
+    return out

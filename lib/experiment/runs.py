@@ -9,23 +9,22 @@
   ``s2dm-k<skip>-t<τ>`` (e.g. ``images/s2dm-k99-t0.99-seed1``): seed s has the baseline's ``train.seed = s``
   and differs from the s2dm arm only in ``loss.skip``/``loss.tau``.
 
-:func:`train_parallel` runs unfinished runs as ``python -m lib.train ... --quiet`` subprocesses, at
-most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
+:func:`train_parallel` runs unfinished runs as worker calls of :func:`train_job`, at most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
 (lib.infra.processes; bench/seeds_speed.py measures what it buys).
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lib.infra import checkpoint as ckpt
 from lib.infra import processes
-from lib.infra.config import Config, get_config, toy_config, with_overrides
+from lib.infra.config import Config, from_dict, toy_config, with_overrides
 from lib.infra.paths import Paths
 from lib.infra.progress import RunsProgress
 from lib.train import PAPER_ARMS, train
+from lib.experiment.workers import call_in_workers
 
 
 # ---------------------------------------------------------------------------- where runs live
@@ -137,44 +136,21 @@ def is_finished(job: Job) -> bool:
             and int(ckpt.CKPT_RE.match(done[-1].name).group(1)) >= job.cfg.train.steps)
 
 
-def _flat(cfg: Config) -> dict:
-    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict) for k, v in sec.items()}
-
-
-def _format(v) -> str:
-    return "(" + ",".join(str(x) for x in v) + ")" if isinstance(v, (tuple, list)) else str(v)
-
-
-def command_line(job: Job) -> list[str] | None:
-    """The ``python -m lib.train`` command that trains ``job``: its profile plus ``--set`` for every key
-    that differs. None if the command line cannot reproduce ``job.cfg`` exactly (checked by rebuilding
-    the config as lib.train will)."""
-    base = get_config(job.cfg.profile)
-    base = toy_config(base) if job.toy else base
-    want, have = _flat(job.cfg), _flat(base)
-    sets = [f"{k}={_format(v)}" for k, v in want.items() if have.get(k) != v]
-    try:
-        rebuilt = with_overrides(base, sets)
-    except ValueError:
-        return None
-    if rebuilt.to_dict() != job.cfg.to_dict():
-        return None
-    cmd = [sys.executable, "-m", "lib.train", "--profile", job.cfg.profile, "--arm", job.arm, "--out", str(job.out.resolve()),
-           "--quiet"]
-    cmd += ["--toy"] if job.toy else []
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
+def train_job(config: dict, arm: str, out: str) -> None:
+    """One training run as a worker call (lib.experiment.workers.call_in_workers): ``train`` without a
+    progress bar (RunsProgress follows every run's loss.csv instead)."""
+    train(from_dict(config), arm, Path(out), progress=False)
 
 
 def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
     """Train every job of ``jobs`` ({key: Job}); returns {key: run_dir}.
 
     Finished runs are checked (config, arm) and skipped in this process; the others run as
-    single-threaded ``python -m lib.train`` subprocesses, at most ``workers`` (0: ``os.cpu_count()``)
-    at a time, longest first. ``workers=1`` trains them here, one after another (profile ci: its runs
-    take less time than a process takes to start). A failed run does not stop the others (their work is kept); at the end
-    one error lists every failure with its run directory and the tail of its stderr."""
+    single-threaded worker processes, at most ``workers`` (0: ``os.cpu_count()``)
+    at a time, longest first (lib.experiment.workers.call_in_workers). ``workers=1`` trains them here, one
+    after another (profile ci: its runs take less time than a process takes to start). A failed run
+    does not stop the others (their work is kept); at the end one error lists every failure with its
+    run directory and the tail of its stderr."""
     jobs = dict(jobs)
     outs = [j.out.resolve() for j in jobs.values()]
     if len(set(outs)) != len(outs):  # two processes must never train into one directory
@@ -192,23 +168,16 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
     if progress and pending:
         print(f"training {len(pending)} runs ({len(jobs) - len(pending)} already finished), {workers} at a time, "
               f"one thread each", flush=True)
-    commands = {}
-    for key in pending:
-        job = jobs[key]
-        cmd = None if workers == 1 else command_line(job)
-        if cmd is None:  # one worker, or not expressible as profile + --set: train it here, one thread
-            with processes.single_thread():
-                train(job.cfg, job.arm, job.out, progress=False)
-        else:
-            commands[key] = cmd
     watch = None
-    if progress and commands:  # one display over every run: steps done / total, per run with its speed
+    if progress and pending and workers > 1:  # one display over every run: steps done / total, per run with its speed
         watch = RunsProgress({k: (_label(k, jobs[k]), jobs[k].out / "loss.csv", jobs[k].cfg.train.steps)
-                              for k in commands}).update
-    failures = processes.run_parallel(commands, workers, progress,
-                                      lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})", watch)
+                              for k in pending}).update
+    calls = {k: {"config": jobs[k].cfg.to_dict(), "arm": jobs[k].arm, "out": str(jobs[k].out.resolve())} for k in pending}
+    _, failures = call_in_workers(train_job, calls, workers, progress=progress,
+                                            describe=lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})",
+                                            watch=watch)
     if watch is not None:
-        watch(running=(), finished=[k for k in commands if is_finished(jobs[k])], final=True)
+        watch(running=(), finished=[k for k in pending if is_finished(jobs[k])], final=True)
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(pending)} training runs failed (the others are kept; "
                            "run again to resume):\n" + "\n".join(failures))

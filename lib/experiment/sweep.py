@@ -11,10 +11,6 @@
 """
 from __future__ import annotations
 
-import json
-import sys
-import tempfile
-from pathlib import Path
 
 from lib import data, generate
 
@@ -27,6 +23,7 @@ from lib.factory import schedule_of
 from lib.infra.paths import Paths
 from lib.experiment.runs import image_run, image_seeds, toy_run
 from lib.train import PAPER_ARMS
+from lib.experiment.workers import call_in_workers
 
 __all__ = ["PAPER_ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]
 
@@ -89,7 +86,7 @@ def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, a
     in that order.
 
     With ``experiment.workers`` ≠ 1 and several (seed, arm) groups, each group runs in its own
-    single-threaded worker process (``python -m lib.experiment.sweep JOB.json``, lib.infra.processes), at most
+    single-threaded worker process (:func:`group_job`, lib.experiment.workers.call_in_workers), at most
     ``workers`` at a time; the cells are the same either way (same models, x_T and sampler noise)."""
     seeds = list(image_seeds(cfg) if seeds is None else seeds)
     groups = [(s, a) for s in seeds for a in arms]
@@ -98,22 +95,17 @@ def image_sweep(ev: ImageEvaluator, cfg: Config, paths: Paths, methods, steps, a
     workers = processes.n_workers(cfg.experiment.workers, len(groups))
     if workers == 1:
         return [r for s, a in groups for r in _group_cells(ev, cfg, paths, a, s, methods, steps, grid, progress)]
-    with tempfile.TemporaryDirectory() as tmp:
-        commands = {}
-        for s, a in groups:
-            job = Path(tmp) / f"{a}-{s}.json"
-            job.write_text(json.dumps({"config": cfg.to_dict(), "profile": paths.profile, "root": str(paths.base),
-                                       "arm": a, "seed": s, "methods": list(methods), "steps": list(steps),
-                                       "grid": grid, "out": str(Path(tmp) / f"{a}-{s}.rows.json")}))
-            commands[s, a] = [sys.executable, "-m", "lib.experiment.sweep", str(job)]
-        if progress:
-            print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells (headline cells only from seed "
-                  f"{cfg.experiment.sweep_seeds or len(seeds)} on), {workers} processes at a time", flush=True)
-        failures = processes.run_parallel(commands, workers, progress, lambda k: f"image cells of {k[1]}, seed {k[0]}")
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {len(groups)} groups of image cells failed (the finished cells' "
-                               "samples and features are kept):\n" + "\n".join(failures))
-        return [r for s, a in groups for r in json.loads((Path(tmp) / f"{a}-{s}.rows.json").read_text())]
+    if progress:
+        print(f"{len(groups)} (seed, arm) groups of {len(methods) * len(steps)} cells (headline cells only from seed "
+              f"{cfg.experiment.sweep_seeds or len(seeds)} on), {workers} processes at a time", flush=True)
+    calls = {(s, a): {**processes.job_context(cfg, paths), "arm": a, "seed": s, "methods": list(methods),
+                      "steps": list(steps), "grid": grid} for s, a in groups}
+    rows, failures = call_in_workers(group_job, calls, workers, progress=progress,
+                                               describe=lambda k: f"image cells of {k[1]}, seed {k[0]}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(groups)} groups of image cells failed (the finished cells' "
+                           "samples and features are kept):\n" + "\n".join(failures))
+    return [r for k in groups for r in rows[k]]
 
 
 def _group_cells(ev, cfg, paths, arm, seed, methods, steps, grid, progress):
@@ -122,19 +114,7 @@ def _group_cells(ev, cfg, paths, arm, seed, methods, steps, grid, progress):
             for method, S in seed_cells(cfg, methods, steps, seed)]
 
 
-def _worker(job_file: str) -> int:
-    """``python -m lib.experiment.sweep JOB.json``: the image cells of one (seed, arm) group, rows written to job['out']."""
-    from lib.infra.checkpoint import atomic_write_text
-    from lib.infra.config import from_dict
-
-    job = json.loads(Path(job_file).read_text())
-    cfg = from_dict(job["config"])
-    paths = Paths(job["profile"], Path(job["root"]))
-    ev = ImageEvaluator(cfg, paths, progress=False)
-    rows = _group_cells(ev, cfg, paths, job["arm"], job["seed"], job["methods"], job["steps"], job["grid"], False)
-    atomic_write_text(job["out"], json.dumps(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))
+def group_job(config: dict, profile: str, root: str, arm: str, seed: int, methods, steps, grid) -> list[dict]:
+    """The image cells of one (seed, arm) group as a worker call (lib.experiment.workers.call_in_workers)."""
+    cfg, paths = processes.job_context_of(config, profile, root)
+    return _group_cells(ImageEvaluator(cfg, paths, progress=False), cfg, paths, arm, seed, methods, steps, grid, False)

@@ -182,3 +182,33 @@ def verdict_counts(decided: list[dict], margin: float = stats.MARGIN_PCT) -> lis
                     "undecided": v.count("undecided"), "margin_pct": margin,
                     "correction": f"Holm over the {len(v)} cells (α 0.05; differences and TOST separately)"})
     return out
+
+
+def power(comparisons: dict, measures, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
+          seeds=range(2, 13)) -> list[dict]:
+    """Power of the paired design against the number of training seeds, from the pooled seed SD of the
+    per-seed % differences (with its 95 % chi-square interval): the paired t-test's power at ``margin``,
+    its MDE at 80 % power (both noncentral t) and the TOST power when the true effect is 0."""
+    from scipy import stats as sps
+
+    out = []
+    for m in measures:
+        sd, df = stats.pooled_sd(per_seed_pct(comparisons, m))
+        sd_lo, sd_hi = (sd * np.sqrt(df / sps.chi2.ppf(q, df)) for q in (0.975, 0.025)) if df > 0 else (np.nan, np.nan)
+        for k in seeds:
+            out.append({"metric": m, "pooled seed sd %": sd, "sd 95% lo": sd_lo, "sd 95% hi": sd_hi, "n_seeds": k,
+                        f"power at {margin} %": stats.power_paired_t(margin, sd, k, alpha),
+                        "mde % (80 % power)": stats.mde_paired_t(sd, k, 0.8, alpha),
+                        "TOST power (true effect 0)": stats.tost_power(margin, sd, k, alpha)})
+    return out
+
+
+def toy_table(rows: list[dict]) -> list[dict]:
+    """Notebook 04's toy summary (lib.measure.stats.summarize_toy rows) as display cells: each arm's mean
+    [interval], the improvement % and the paired difference [interval]."""
+    def g4(r, a):
+        return f"{r[a]:.4g} [{r[a + '_lo']:.4g}, {r[a + '_hi']:.4g}]"
+    return [{"sampler": r["method"], "steps": int(r["steps"]), "baseline": g4(r, "baseline"), "S2-DM": g4(r, "s2dm"),
+             "improvement %": f"{100 * r['diff'] / r['baseline']:+.2f}",
+             "diff": f"{r['diff']:+.3g} [{r['diff_lo']:+.3g}, {r['diff_hi']:+.3g}]", "excludes 0": r["excludes_zero"]}
+            for r in rows]

@@ -4,6 +4,9 @@ On a small machine shared with other jobs, k one-thread processes keep k cores b
 synchronisation between threads, where one k-thread process loses much of its speed to contention
 (bench/seeds_speed.py measures it). Each command runs with OMP_NUM_THREADS=1 from the repository
 root, with this repository first on PYTHONPATH.
+
+The experiment fans work out through lib.experiment.workers on top of :func:`run_parallel`; a job's
+config and output root travel in one encoding, :func:`job_context`.
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
-from lib.infra.paths import ROOT
+from lib.infra.paths import ROOT, Paths
 
 
 @contextlib.contextmanager
@@ -78,3 +82,17 @@ def run_parallel(commands: dict, workers: int, progress: bool = True, describe=s
         if watch is not None:
             watch(running=list(running), finished=finished)
     return failures
+
+
+# ---------------------------------------------------------------------------- one fan-out mechanism
+def job_context(cfg, paths: Paths) -> dict:
+    """What a worker needs to rebuild the caller's config and output root: the config as
+    ``Config.to_dict()`` and the root already resolved (absolute) in the caller."""
+    return {"config": cfg.to_dict(), "profile": paths.profile, "root": str(paths.base)}
+
+
+def job_context_of(config: dict, profile: str, root: str):
+    """The (Config, Paths) that :func:`job_context` encoded."""
+    from lib.infra.config import from_dict
+
+    return from_dict(config), Paths(profile, Path(root))
