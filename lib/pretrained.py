@@ -16,27 +16,31 @@ resolution from the attention level, which the reference configurations all plac
 state dict must then match it name for name and shape for shape. The reference code's GroupNorm
 always has 32 groups, a number the weights do not record: reference checkpoints are built with
 ``norm_groups=32``, and :func:`init_weights` refuses to put them into a model whose groups differ.
+diffusers folders are read (and runs exported) by lib.diffusers_format; files are downloaded by
+lib.infra.download.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import pickle
 import re
 import sys
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from lib import diffusers_format
+from lib.infra import download as dl
 from lib.infra.config import ConfigError, ModelConfig
+from lib.infra.download import file_md5
 from lib.infra.paths import ROOT
 from lib.unet import UNet
 
 __all__ = ["CHECKPOINTS", "PretrainedMissing", "PretrainedError", "load_unet", "load_state", "infer_config",
-           "diffusers_to_ours", "init_weights", "file_md5", "fetch", "pretrained_dir", "main"]
+           "init_weights", "file_md5", "download", "fetch", "pretrained_dir", "main"]
 
 REFERENCE_GROUPS = 32  # the DDIM/DDPM code's Normalize(): GroupNorm(32, C)
 
@@ -83,18 +87,6 @@ def pretrained_dir(root=None) -> Path:
 
 def _local_name(name: str) -> str:
     return name.replace("/", "--")
-
-
-def file_md5(path) -> str:
-    """MD5 of a file (streamed), or of a diffusers folder's weights file."""
-    p = Path(path)
-    if p.is_dir():
-        p = _diffusers_weights(p)
-    h = hashlib.md5()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _named_path(name: str, root=None) -> Path:
@@ -206,176 +198,6 @@ def _from_object(obj, path: Path, entry: str) -> tuple[dict, str]:
                           "[model, optimizer, epoch, step, ema] list or a lib.train checkpoint")
 
 
-def _diffusers_weights(folder: Path) -> Path:
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    raise PretrainedError(f"{folder} has a config.json but no diffusion_pytorch_model.safetensors or .bin")
-
-
-# The UNet2DModel settings this UNet computes exactly; anything else is refused, naming the field.
-_DIFFUSERS_FIXED = dict(act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
-                        downsample_padding=0, center_input_sample=False, mid_block_scale_factor=1,
-                        resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
-                        num_class_embeds=None, upsample_type="conv", downsample_type="conv")
-_DIFFUSERS_DEFAULTS = dict(act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0,
-                           downsample_padding=1, center_input_sample=False, mid_block_scale_factor=1,
-                           resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
-                           num_class_embeds=None, upsample_type="conv", downsample_type="conv", norm_eps=1e-5,
-                           norm_num_groups=32, attention_head_dim=8, layers_per_block=2, attn_norm_num_groups=None,
-                           time_embedding_dim=None, num_train_timesteps=None)
-
-
-# Every config.json field the mapping reads: its type and range, checked before anything is computed
-# from it (ranges generous: the largest public UNet2DModel configurations fit well inside them).
-# (freq_shift, downsample_padding, mid_block_scale_factor: compared for equality with _DIFFUSERS_FIXED.)
-_INT_FIELDS = dict(in_channels=(1, 64), out_channels=(1, 64), layers_per_block=(1, 16), norm_num_groups=(1, 1024))
-_MAX_WIDTH, _MAX_LEVELS, _MAX_SIZE = 4096, 8, 4096
-
-
-def _validate_diffusers_fields(c, where: Path) -> None:
-    """Type and range of every field :func:`_check_diffusers_config` reads; one PretrainedError naming
-    the first bad one (a crafted or truncated config.json never reaches arithmetic or allocation)."""
-    def bad(field, what):
-        raise PretrainedError(f"{where / 'config.json'}: field {field}={c.get(field)!r} must be {what}; fix the file "
-                              "or fetch the folder again")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not isinstance(c, dict):
-        raise PretrainedError(f"{where / 'config.json'} holds a {type(c).__name__}, not a JSON object of settings")
-    for k in ("block_out_channels", "down_block_types", "up_block_types", "sample_size", "in_channels", "out_channels"):
-        if k not in c:
-            raise PretrainedError(f"{where / 'config.json'} has no field {k!r}: not a UNet2DModel configuration")
-    for k, (lo, hi) in _INT_FIELDS.items():
-        if k in c and not (is_int(c[k]) and lo <= c[k] <= hi):
-            bad(k, f"an integer in [{lo}, {hi}]")
-    w = c["block_out_channels"]
-    if not (isinstance(w, list) and 1 <= len(w) <= _MAX_LEVELS and all(is_int(x) and 1 <= x <= _MAX_WIDTH for x in w)):
-        bad("block_out_channels", f"a list of 1 to {_MAX_LEVELS} integers in [1, {_MAX_WIDTH}]")
-    for k in ("down_block_types", "up_block_types"):
-        if not (isinstance(c[k], list) and all(isinstance(x, str) for x in c[k])):
-            bad(k, "a list of block names")
-    size = c["sample_size"]
-    size = size[0] if isinstance(size, list) and size and len(set(map(repr, size))) == 1 else size
-    if not (is_int(size) and 1 <= size <= _MAX_SIZE):
-        bad("sample_size", f"an integer in [1, {_MAX_SIZE}] (or a square [h, w])")
-    for k in ("norm_eps", "dropout"):
-        if c.get(k) is not None and not (isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
-                                         and 0 <= c[k] < 1):
-            bad(k, "a number in [0, 1)")
-    for k in ("attention_head_dim", "time_embedding_dim", "attn_norm_num_groups"):
-        if c.get(k) is not None and not (is_int(c[k]) and 1 <= c[k] <= 4 * _MAX_WIDTH):
-            bad(k, f"null or an integer in [1, {4 * _MAX_WIDTH}]")
-    for k in ("_class_name", "act_fn", "time_embedding_type", "resnet_time_scale_shift", "class_embed_type",
-              "upsample_type", "downsample_type"):
-        if c.get(k) is not None and not isinstance(c[k], str):
-            bad(k, "a string")
-
-
-def _check_diffusers_config(c: dict, where: Path) -> tuple[ModelConfig, int]:
-    _validate_diffusers_fields(c, where)
-    cls = c.get("_class_name", "UNet2DModel")
-    if cls != "UNet2DModel":
-        raise PretrainedError(f"{where}: _class_name is {cls!r}; only diffusers' UNet2DModel maps onto this UNet")
-    get = lambda k: c.get(k, _DIFFUSERS_DEFAULTS.get(k))  # noqa: E731
-    for k, want in _DIFFUSERS_FIXED.items():
-        if get(k) != want:
-            raise PretrainedError(f"{where}: config field {k}={get(k)!r} cannot be represented by lib.unet.UNet "
-                                  f"(it computes {k}={want!r})")
-    if abs(float(get("norm_eps")) - 1e-6) > 1e-12:
-        raise PretrainedError(f"{where}: config field norm_eps={get('norm_eps')!r} cannot be represented (GroupNorm eps is 1e-6)")
-    if get("attn_norm_num_groups") not in (None, get("norm_num_groups")):
-        raise PretrainedError(f"{where}: config field attn_norm_num_groups={get('attn_norm_num_groups')!r} differs "
-                              "from norm_num_groups; this UNet uses one group count")
-    if get("time_embedding_dim") not in (None, 4 * c["block_out_channels"][0]):
-        raise PretrainedError(f"{where}: config field time_embedding_dim={get('time_embedding_dim')!r} must be 4 × "
-                              "block_out_channels[0]")
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
-    widths = [int(w) for w in c["block_out_channels"]]
-    L = len(widths)
-    if len(down) != L or len(up) != L:
-        raise PretrainedError(f"{where}: down_block_types/up_block_types must have one entry per block_out_channels")
-    attn = [d == "AttnDownBlock2D" for d in down]
-    for i, d in enumerate(down):
-        if d not in ("DownBlock2D", "AttnDownBlock2D"):
-            raise PretrainedError(f"{where}: config field down_block_types[{i}]={d!r} cannot be represented "
-                                  "(DownBlock2D or AttnDownBlock2D)")
-    for k, u in enumerate(up):
-        want = "AttnUpBlock2D" if attn[L - 1 - k] else "UpBlock2D"
-        if u != want:
-            raise PretrainedError(f"{where}: config field up_block_types[{k}]={u!r}; this UNet needs {want!r} "
-                                  "(the decoder mirrors the encoder's attention levels)")
-    ch = widths[0]
-    if any(w % ch for w in widths):
-        raise PretrainedError(f"{where}: config field block_out_channels={widths} must be multiples of the first")
-    head = get("attention_head_dim")
-    for i in [i for i in range(L) if attn[i]] + [L - 1]:
-        if head is not None and widths[i] // head != 1:
-            raise PretrainedError(f"{where}: config field attention_head_dim={head} gives {widths[i] // head} heads "
-                                  f"at width {widths[i]}; this UNet's attention is single-head (use None or {widths[i]})")
-    res = int(c["sample_size"] if not isinstance(c["sample_size"], (list, tuple)) else c["sample_size"][0])
-    cfg = ModelConfig(kind="unet", in_channels=int(c["in_channels"]), out_ch=int(c["out_channels"]), resolution=res,
-                      ch=ch, ch_mult=tuple(w // ch for w in widths), num_res_blocks=int(get("layers_per_block")),
-                      attn_resolutions=tuple(res // 2 ** i for i in range(L) if attn[i]),
-                      dropout=float(c.get("dropout", 0.0) or 0.0), resamp_with_conv=True)
-    return cfg, int(get("norm_num_groups"))
-
-
-def diffusers_to_ours(sd: dict, num_levels: int) -> dict:
-    """Rename a UNet2DModel state dict to this UNet's names (attention Linear weights → 1×1 convs)."""
-    out = {}
-    unknown = []
-    for k, v in sd.items():
-        m = None
-        new = None
-        if k.startswith("time_embedding.linear_"):
-            new = k.replace("time_embedding.linear_1", "temb.dense.0").replace("time_embedding.linear_2", "temb.dense.1")
-        elif k.startswith(("conv_in.", "conv_out.")):
-            new = k
-        elif k.startswith("conv_norm_out."):
-            new = k.replace("conv_norm_out.", "norm_out.")
-        elif (m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)", k)):
-            side, i, kind, j, rest = m.groups()
-            level = int(i) if side == "down" else num_levels - 1 - int(i)  # diffusers' up blocks run inner → outer
-            prefix = f"{side}.{level}"
-            if kind == "resnets":
-                new = f"{prefix}.block.{j}.{_resnet_name(rest)}"
-            elif kind == "attentions":
-                new = f"{prefix}.attn.{j}.{_attn_name(rest)}"
-            else:
-                new = f"{prefix}.{'downsample' if side == 'down' else 'upsample'}.{rest}"
-        elif (m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", k)):
-            kind, j, rest = m.groups()
-            new = (f"mid.block_{int(j) + 1}.{_resnet_name(rest)}" if kind == "resnets" else f"mid.attn_1.{_attn_name(rest)}")
-        if new is None or new.endswith("?"):
-            unknown.append(k)
-            continue
-        if ".attn." in new or new.startswith("mid.attn_1."):
-            if new.endswith(".weight") and v.ndim == 2 and not new.endswith("norm.weight"):
-                v = v[:, :, None, None]  # Linear [C, C] → Conv2d 1×1 [C, C, 1, 1]
-        out[new] = v
-    if unknown:
-        raise PretrainedError(f"{len(unknown)} diffusers parameter name(s) have no counterpart in lib.unet.UNet, e.g. "
-                              f"{unknown[:5]}")
-    return out
-
-
-def _resnet_name(rest: str) -> str:
-    return rest.replace("time_emb_proj.", "temb_proj.").replace("conv_shortcut.", "nin_shortcut.")
-
-
-_ATTN = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
-
-
-def _attn_name(rest: str) -> str:
-    for a, b in _ATTN.items():
-        if rest.startswith(a):
-            return b + rest[len(a):]
-    return rest + "?"
-
-
 def _verified_run(path: Path):
     """A lib.train run's config after lib.infra.rundir's final.json check (the one lib.generate applies)."""
     from lib.infra import rundir
@@ -406,28 +228,14 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
         return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
-    if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder
+    if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder (lib.diffusers_format)
         try:
-            c = json.loads((path / "config.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PretrainedError(f"{path / 'config.json'} is not valid JSON ({e}; a truncated download?): fetch the "
-                                  "folder again") from None
-        cfg, groups = _check_diffusers_config(c, path)
-        wf = _diffusers_weights(path)
-        if wf.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise PretrainedError(f"{wf} is a .safetensors file and the package safetensors is not installed: "
-                                      "pip install -r requirements.txt (it pins safetensors)") from None
-            try:
-                raw = load_file(str(wf))
-            except Exception as e:
-                raise PretrainedError(f"cannot read {wf} ({type(e).__name__}: {str(e)[:200]}); the file may be "
-                                      "truncated: fetch the folder again") from None
-        else:
-            raw = _read(wf)
-        sd = diffusers_to_ours(raw, len(cfg.ch_mult))
+            cfg, groups = diffusers_format.read_config(path)
+            wf = diffusers_format.weights_file(path)
+            raw = diffusers_format.read_safetensors(wf) if wf.suffix == ".safetensors" else _read(wf)
+            sd = diffusers_format.diffusers_to_ours(raw, len(cfg.ch_mult))
+        except diffusers_format.FormatError as e:
+            raise PretrainedError(str(e)) from None
         return dict(state_dict=sd, layout="diffusers", path=wf, name=name, config=cfg, groups=groups)
     if path.is_dir():
         raise PretrainedError(f"{path} is a folder but neither a diffusers model (config.json + weights) nor a "
@@ -550,60 +358,22 @@ def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=Non
 
 
 # ---------------------------------------------------------------------------- fetching (explicit only)
-MIN_BYTES = {"torch": 1 << 20, "npz": 1 << 10}  # the smallest real file of each kind is far larger
-
-
-def download_problem(path: Path, kind: str | None, min_bytes: int | None = None) -> str | None:
-    """Why the file at ``path`` is not a ``kind`` file ('torch': a zip archive or a pickle, as torch.save
-    and TorchScript write; 'npz': a zip archive), or None. Where no checksum is published this is
-    what stands between an HTML error page and the installed weights: type (magic bytes) and size."""
-    import zipfile
-
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.lstrip()[:1] == b"<":
-        return f"it is an HTML/XML page ({size} bytes), not a file to install (an error page of the server?)"
-    need = MIN_BYTES.get(kind, 1) if min_bytes is None else min_bytes
-    if size < need:
-        return f"it has {size} bytes, fewer than the {need} a {kind or 'real'} file has at least"
-    if kind == "torch" and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        return "it is neither a zip archive nor a pickle (torch.save and TorchScript write one of them)"
-    if kind == "npz" and not zipfile.is_zipfile(path):
-        return "it is not a zip archive (.npz)"
-    return None
+@contextlib.contextmanager
+def _as_pretrained_errors():
+    """lib.infra.download's failures as this module's: PretrainedMissing (nothing arrived) or PretrainedError."""
+    try:
+        yield
+    except dl.DownloadFailed as e:
+        raise PretrainedMissing(str(e)) from None
+    except dl.DownloadRefused as e:
+        raise PretrainedError(str(e)) from None
 
 
 def download(url: str, dest: Path, md5: str | None, kind: str | None = None, min_bytes: int | None = None) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``; installed only when complete (the announced
-    length), of the right checksum (``md5``) or at least of the right type and size (``kind``). A
-    partial or refused download is removed; every failure is one PretrainedMissing/PretrainedError line."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    print(f"downloading {url}\n  -> {dest}", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-            length = r.headers.get("Content-Length") if getattr(r, "headers", None) is not None else None
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                f.write(chunk)
-        if length is not None and part.stat().st_size != int(length):
-            raise OSError(f"the transfer stopped after {part.stat().st_size} of {length} bytes")
-    except Exception as e:  # OSError, http.client.IncompleteRead, ValueError of a bad URL: one line each
-        part.unlink(missing_ok=True)
-        raise PretrainedMissing(f"download of {url} failed ({type(e).__name__}: {e}); nothing was kept. Run the same "
-                                f"command again, or with no network download it on another machine and place it "
-                                f"at {dest}" + (f" (MD5 {md5})" if md5 else "")) from None
-    got = file_md5(part)
-    if md5 and got != md5:
-        part.unlink(missing_ok=True)
-        raise PretrainedError(f"{url} arrived with MD5 {got}, expected {md5}; nothing was kept, try again")
-    problem = None if md5 else download_problem(part, kind, min_bytes)
-    if problem:
-        part.unlink(missing_ok=True)
-        raise PretrainedError(f"{url} was not installed at {dest}: {problem}; nothing was kept. Try again later, or "
-                              f"download it by hand and place it there")
-    part.replace(dest)
-    return dest
+    """:func:`lib.infra.download.download` (complete, verified, nothing partial kept), failing as PretrainedMissing
+    or PretrainedError."""
+    with _as_pretrained_errors():
+        return dl.download(url, dest, md5, kind, min_bytes)
 
 
 def fetch(name: str, root=None) -> Path:
@@ -613,19 +383,8 @@ def fetch(name: str, root=None) -> Path:
         raise PretrainedMissing(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
     e, dest = CHECKPOINTS[name], _named_path(name, root)
     if e.get("hub"):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise PretrainedMissing(f"fetching {name} needs huggingface_hub (pip install huggingface_hub), or download "
-                                    f"the folder {e['hub']} by hand into {dest}") from None
-        if not (dest / "config.json").is_file():
-            try:
-                snapshot_download(e["hub"], local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
-            except Exception as err:  # no network, unknown repository, hub errors: one line
-                raise PretrainedMissing(f"fetching {e['hub']} from the Hugging Face hub failed ({type(err).__name__}: "
-                                        f"{str(err).splitlines()[0] if str(err) else ''}); run it again on a machine "
-                                        f"with network, or download the folder by hand into {dest}") from None
-        return dest
+        with _as_pretrained_errors():
+            return dl.hub_folder(e["hub"], dest, name)
     if e.get("manual"):
         if dest.is_file():
             return dest
@@ -651,12 +410,10 @@ def main(argv=None) -> int:
     x.add_argument("run_dir")
     x.add_argument("out_dir")
     a = p.parse_args(argv)
-    if a.cmd == "export":  # lib.export: the inverse mapping, checked against the run's ε
-        from lib import export
+    if a.cmd == "export":  # the inverse mapping, checked against the run's ε
         try:
-            r = export.export_run(a.run_dir, a.out_dir, load=load_unet, rename=diffusers_to_ours,
-                                 fixed=_DIFFUSERS_FIXED)
-        except (export.ExportError, PretrainedError) as e:
+            r = diffusers_format.export_run(a.run_dir, a.out_dir, load=load_unet)
+        except (diffusers_format.ExportError, PretrainedError) as e:
             print(f"error: cannot export: {e}", file=sys.stderr)
             return 2
         print(f"{r['out']}: diffusers UNet2DModel (config.json, diffusion_pytorch_model.safetensors, "

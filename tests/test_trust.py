@@ -281,6 +281,8 @@ def test_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
     import http.client
     import io
 
+    from lib.infra import download
+
     class Cut(io.BytesIO):
         headers = {"Content-Length": "3000000"}
 
@@ -295,7 +297,7 @@ def test_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
         def __exit__(self, *a):
             return False
 
-    monkeypatch.setattr(pretrained.urllib.request, "urlopen", lambda *a, **k: Cut(b"PK" * 1500000))
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda *a, **k: Cut(b"PK" * 1500000))
     dest = tmp_path / "w.pt"
     with pytest.raises(pretrained.PretrainedMissing, match="IncompleteRead.*nothing was kept"):
         pretrained.download("https://example.invalid/w.pt", dest, None, kind="torch")
@@ -305,7 +307,7 @@ def test_a_cut_transfer_is_removed_and_one_line(tmp_path, monkeypatch):
         def read(self, n=-1):
             return io.BytesIO.read(self, 1000) if self.tell() < 2000 else b""
 
-    monkeypatch.setattr(pretrained.urllib.request, "urlopen", lambda *a, **k: Short(b"PK" * 1500000))
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda *a, **k: Short(b"PK" * 1500000))
     with pytest.raises(pretrained.PretrainedMissing, match="stopped after 2000 of 3000000"):
         pretrained.download("https://example.invalid/w.pt", dest, None, kind="torch")
     assert list(tmp_path.iterdir()) == []

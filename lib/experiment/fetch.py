@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lib import data, pretrained
+from lib.infra import download
 from lib.infra.config import ConfigError, get_config
 from lib.infra.paths import ROOT
 from lib.measure import fid
@@ -23,7 +24,7 @@ def _in_place(path: Path, kind: str) -> bool:
     version) is removed, saying so, and fetched again."""
     if not path.is_file():
         return False
-    problem = pretrained.download_problem(path, kind)
+    problem = download.download_problem(path, kind)
     if problem:
         print(f"{path}: {problem}; removing it and downloading it again", file=sys.stderr)
         path.unlink()
@@ -44,13 +45,13 @@ def fetch_profile(profile: str, root=None) -> list[str]:
                           need_weights=False, need_stats=False)  # the mode is known
         w = Path(fid.INCEPTION_DIR) / fid.INCEPTION_FILE
         if not _in_place(w, "torch"):
-            pretrained.download(fid.INCEPTION_URL, w, None, kind="torch")
+            download.download(fid.INCEPTION_URL, w, None, kind="torch")
         name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
         s = Path(fid.STATS_DIR) / name
         if not _in_place(s, "npz"):
-            pretrained.download(fid.STATS_URL + name, s, None, kind="npz")
+            download.download(fid.STATS_URL + name, s, None, kind="npz")
         paths = fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train")
-        done += [f"{k}: {v} (MD5 {pretrained.file_md5(v)}; clean-fid publishes no checksum to compare with)" for k, v in paths.items()]
+        done += [f"{k}: {v} (MD5 {download.file_md5(v)}; clean-fid publishes no checksum to compare with)" for k, v in paths.items()]
     if cfg.data.dataset == "cifar10":
         p = pretrained.fetch("ema_cifar10", root)
         done.append(f"ema_cifar10: {p} (MD5 verified)")
@@ -67,8 +68,8 @@ def main(argv=None) -> int:
     try:
         for line in fetch_profile(a.profile, a.root):
             print(line)
-    except (pretrained.PretrainedError, pretrained.PretrainedMissing, data.DatasetMissing, fid.FIDWeightsMissing,
-            ConfigError) as e:
+    except (pretrained.PretrainedError, pretrained.PretrainedMissing, download.DownloadFailed, download.DownloadRefused,
+            data.DatasetMissing, fid.FIDWeightsMissing, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

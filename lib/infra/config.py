@@ -2,17 +2,13 @@
 
     cfg = get_config("cpu", ["train.steps=2000", "loss.tau=0.98"])
 
-Override values are Python literals (``ast.literal_eval``: ``3``, ``0.5``, ``(1, 2)``, ``1,2``,
-``'cpu'``; ``true``/``false`` as well; a bare word is a string), then checked against the field's
-annotated type. :func:`validate` is the one validator: the types of every field of every section
-(sections added later are covered without code), then the value rules, among them the model/data
-consistency (channels, resolution, batch against the dataset's size).
-
-Profiles (docs/profiles.md; their numbers side by side in lib.infra.profiles): ``ci`` (the test suite, minutes on 2 cores), ``cpu`` (``make reproduce``
-without a GPU: MNIST-5k and 2-D toy data, ~50 min on 2 cores, measured: docs/profiles.md), ``gpu`` (one GPU: CIFAR-10) and
-``paper`` (the paper's model and optimiser, long training, 50k-sample FID).
-Unknown profiles, unknown keys, wrong types and impossible values fail at once with a message
-that lists what is valid.
+Override values are Python literals (``ast.literal_eval``: ``3``, ``0.5``, ``(1, 2)``, ``1,2``, ``'cpu'``;
+``true``/``false`` as well; a bare word is a string), checked against the field's annotated type.
+:func:`validate` checks the type of every field of every section, then the value rules (the experiment
+section's in lib.infra.experiment_config, the model/data fit in lib.infra.dataset_table). Profiles
+(``ci``, ``cpu``, ``gpu``, ``paper``; docs/profiles.md) are settings over the schema's defaults, side by
+side in lib.infra.profiles. Unknown profiles, unknown keys, wrong types and impossible values fail at
+once with a message that lists what is valid.
 """
 from __future__ import annotations
 
@@ -25,23 +21,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args, get_origin, get_type_hints
 
 from lib.infra import profiles as _profiles
+from lib.infra.config_error import ConfigError, need
+from lib.infra.dataset_table import IMAGE_DATASETS, TOY_DATASETS, check_model_fits_data
+from lib.infra.experiment_config import ExperimentConfig, validate_experiment
 
-
+__all__ = ["ConfigError", "Config", "ModelConfig", "DiffusionConfig", "LossConfig", "DataConfig", "TrainConfig",
+           "SampleConfig", "EvalConfig", "ToyConfig", "ExperimentConfig", "DDIM_GRIDS", "TOY_DATASETS",
+           "IMAGE_DATASETS", "PROFILES", "get_config", "with_overrides", "validate", "toy_overrides", "toy_config",
+           "from_dict", "load_json"]
 
 # The DDIM code's integer timestep grids, the values of sample.grid (lib.schedule.Schedule.timesteps
 # computes them; lib.transfer adds EDM's grids for the samplers that run on σ).
 DDIM_GRIDS = ("uniform", "quad")
-TOY_DATASETS = ("ring8", "grid25")
-IMAGE_DATASETS = ("digits", "mnist", "cifar10", "celeba")
-# (channels, training images) of every dataset (lib.data loads them), so that a config is checked
-# before anything is loaded (toy data are sampled: no fixed size; CelebA: partition 0 of
-# list_eval_partition.txt).
-DATASETS = {"ring8": (2, 0), "grid25": (2, 0), "digits": (1, 1797), "mnist": (1, 5000), "cifar10": (3, 50_000),
-            "celeba": (3, 162_770)}
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be valid: the message says what is wrong and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +166,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
-    experiment: "ExperimentConfig" = field(default_factory=lambda: ExperimentConfig())
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -278,11 +269,7 @@ def validate(cfg: Config) -> Config:
         for f, typ in get_type_hints(type(sec)).items():
             _typed(getattr(sec, f), typ, f"{name}.{f}")
 
-    def need(ok, msg):
-        if not ok:
-            raise ConfigError(msg)
-
-    d, l, t, s, m, e, data = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval, cfg.data
+    d, l, t, s, m, e = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval
     need(d.T >= 2, f"diffusion.T must be >= 2, got {d.T}")
     need(0 < d.beta_start <= d.beta_end < 1, "diffusion: need 0 < beta_start <= beta_end < 1")
     need(1 <= l.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {l.skip}")
@@ -309,23 +296,7 @@ def validate(cfg: Config) -> Config:
     need(e.fid_mode in ("legacy_tensorflow", "clean"), f"eval.fid_mode must be 'legacy_tensorflow' or 'clean', got {e.fid_mode!r}")
     need(0 < e.ci_level < 1, f"eval.ci_level must lie in (0, 1), got {e.ci_level}")
     need(cfg.toy.n_seeds >= 1 and cfg.toy.steps >= 1, "toy.n_seeds and toy.steps must be >= 1")
-    # The model must fit the data it trains on, before anything is built or loaded.
-    need(data.dataset in DATASETS, f"data.dataset must be one of {', '.join(DATASETS)}, got {data.dataset!r}")
-    need(data.n_train >= 0, f"data.n_train must be >= 0 (0 = all), got {data.n_train}")
-    toy = data.dataset in TOY_DATASETS
-    need(toy == (m.kind == "mlp"), f"data.dataset={data.dataset!r} needs model.kind={'mlp' if toy else 'unet'!r}, got "
-         f"{m.kind!r} (2-D toy data train the MLP, images the UNet; lib.infra.config.toy_config(cfg) is a profile's toy experiment)")
-    channels, n_images = DATASETS[data.dataset]
-    need(m.in_channels == channels == m.out_ch, f"model.in_channels={m.in_channels} and model.out_ch={m.out_ch}, but "
-         f"{data.dataset} has {channels} channel(s): set both to {channels}")
-    if not toy:
-        need(data.image_size == m.resolution, f"data.image_size={data.image_size} must equal model.resolution="
-             f"{m.resolution} (the model trains and samples at one size): set both")
-        need(m.resolution % 2 ** (len(m.ch_mult) - 1) == 0, f"model.resolution={m.resolution} must be divisible by "
-             f"2^(len(model.ch_mult) - 1) = {2 ** (len(m.ch_mult) - 1)} (one halving per level)")
-        n = min(n_images, data.n_train) if data.n_train > 0 else n_images
-        need(t.batch_size <= n, f"train.batch_size={t.batch_size} exceeds the {n} training images of "
-             f"{data.dataset} (data.n_train={data.n_train}): lower train.batch_size")
+    check_model_fits_data(cfg)  # before anything is built or loaded
     validate_experiment(cfg.experiment, d.T)
     return cfg
 
@@ -381,91 +352,3 @@ def load_json(path) -> Config:
         return from_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-# ---------------------------------------------------------------------------- the experiment design
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """How many training seeds the image comparison rests on, how they are trained, and the plan of
-    notebook 06 (the neighbouring methods). Image seed s of every arm is ``train.seed = s``: the arms
-    of one seed share initial weights, data order and noise streams (a paired design).
-
-    0 in a ``related_*``/``cdm_*`` size means "the profile's own value" (``sample.n_samples``,
-    ``toy.n_samples``, ``loss.cdm_steps``); ``cdm_finetune = 0`` trains the CDM arm from scratch."""
-
-    n_seeds: int = 1  # image training seeds per arm (the paper trains one)
-    # Seeds 0 … sweep_seeds − 1 run the full sampler × step sweep of 04; the others only the headline
-    # cells (sample.methods[0] at headline_steps; () = the two smallest sample.steps). 0: all seeds, full sweep.
-    sweep_seeds: int = 0
-    headline_steps: tuple[int, ...] = ()
-    workers: int = 0  # parallel single-threaded training processes; 0: os.cpu_count(); 1: in this process
-    related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
-    related_seeds: int = 0  # training seeds 0 … related_seeds − 1 in notebook 06's neighbour cells; 0: every seed
-    related_n_samples: int = 0  # samples per image cell in 06
-    related_toy_samples: int = 0  # samples per toy cell in 06 (its MMD costs ~1 s per cell at 5000)
-    cdm_finetune: int = 0  # > 0: the CDM arm (and its control) fine-tune the baseline for this many steps
-    cdm_toy_finetune: int = 0  # the same for the toy
-    cdm_chain_steps: int = 0  # Euler–Maruyama steps per CDM chain during the fine-tune
-    cdm_ft_ema_decay: float = 0.99  # EMA decay during the fine-tune, so the EMA weights reflect it
-    rho_top: tuple[float, ...] = (1.0, 0.95, 0.9)  # Skip-Tuning grid (outer skips)
-    rho_bottom: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # Skip-Tuning grid (inner skips)
-    es_b: tuple[float, ...] = (1.002, 1.004, 1.006, 1.01, 1.02)  # eps scaling: constant λ grid
-    es_k: tuple[float, ...] = (-0.01, 0.01, 0.02)  # eps scaling: slopes around the best constant
-    # The dose–response test of the shrinkage explanation (lib.experiment.dose): S²-DM trained at the loss
-    # strengths zip(dose_skip, dose_tau) (the toy at every one with toy.n_seeds seeds); the settings
-    # indexed by dose_image_settings also train as images with seeds 0 … min(dose_image_seeds, n_seeds) − 1. A setting
-    # equal to (loss.skip, loss.tau) is the s2dm arm itself and is not trained twice.
-    dose_skip: tuple[int, ...] = (9, 9, 99)
-    dose_tau: tuple[float, ...] = (0.99, 0.9, 0.99)
-    dose_image_settings: tuple[int, ...] = (0, 2)
-    dose_image_seeds: int = 3
-    # The positive control: constant ε scaling λ on the baseline (DDIM, related_steps), seeds 0 … min(control_seeds, n_seeds) − 1.
-    control_lambdas: tuple[float, ...] = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
-    control_seeds: int = 3
-
-
-def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
-    """Reject an impossible experiment design, naming the key."""
-    if x.n_seeds < 1 or x.workers < 0:
-        raise ConfigError(f"experiment.n_seeds must be >= 1 and experiment.workers >= 0, got {x.n_seeds}, {x.workers}")
-    if not 0 <= x.sweep_seeds <= x.n_seeds:
-        raise ConfigError(f"experiment.sweep_seeds must lie in [0, n_seeds={x.n_seeds}] (0: every seed runs the "
-                          f"full sweep), got {x.sweep_seeds}")
-    if not all(isinstance(k, int) and 1 <= k <= T for k in x.headline_steps):
-        raise ConfigError(f"experiment.headline_steps must be positive integers <= T={T}, got {x.headline_steps}")
-    if not x.related_steps or not all(isinstance(k, int) and 1 <= k <= T for k in x.related_steps):
-        raise ConfigError(f"experiment.related_steps must be positive integers <= T={T}, got {x.related_steps}")
-    for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps",
-              "related_seeds"):
-        if getattr(x, k) < 0:
-            raise ConfigError(f"experiment.{k} must be >= 0 (0: the profile's value), got {getattr(x, k)}")
-    if x.related_n_samples == 1 or x.related_toy_samples == 1:
-        raise ConfigError("experiment.related_n_samples / related_toy_samples must be 0 or >= 2")
-    if not 0.0 <= x.cdm_ft_ema_decay < 1.0:
-        raise ConfigError(f"experiment.cdm_ft_ema_decay must lie in [0, 1), got {x.cdm_ft_ema_decay}")
-    for k in ("rho_top", "rho_bottom", "es_b"):
-        if not getattr(x, k) or not all(isinstance(v, (int, float)) and v > 0 for v in getattr(x, k)):
-            raise ConfigError(f"experiment.{k} must be a non-empty tuple of positive numbers, got {getattr(x, k)}")
-    return validate_dose(x, T)
-
-
-def validate_dose(x: ExperimentConfig, T: int) -> ExperimentConfig:
-    """Reject an impossible dose–response design (lib.experiment.dose), naming the key."""
-    n = len(x.dose_skip)
-    if n == 0 or len(x.dose_tau) != n:
-        raise ConfigError(f"experiment.dose_skip and experiment.dose_tau are zipped: they need the same non-zero "
-                          f"length, got {x.dose_skip} and {x.dose_tau}")
-    for k, tau in zip(x.dose_skip, x.dose_tau):
-        if not 1 <= k < T or not 0.0 < tau <= 1.0:
-            raise ConfigError(f"experiment.dose_skip/dose_tau: each setting needs 1 <= skip < T={T} and 0 < tau <= 1, "
-                              f"got skip {k}, tau {tau}")
-    if len(set(zip(x.dose_skip, x.dose_tau))) != n:
-        raise ConfigError(f"experiment.dose_skip/dose_tau: a setting is listed twice: {list(zip(x.dose_skip, x.dose_tau))}")
-    if not all(0 <= i < n for i in x.dose_image_settings) or len(set(x.dose_image_settings)) != len(x.dose_image_settings):
-        raise ConfigError(f"experiment.dose_image_settings must be distinct indices into the {n} dose settings, "
-                          f"got {x.dose_image_settings}")
-    for k in ("dose_image_seeds", "control_seeds"):  # used up to experiment.n_seeds (the baseline's seeds)
-        if isinstance(getattr(x, k), bool) or getattr(x, k) < 1:
-            raise ConfigError(f"experiment.{k} must be >= 1, got {getattr(x, k)}")
-    if not x.control_lambdas or not all(v > 0 for v in x.control_lambdas):
-        raise ConfigError(f"experiment.control_lambdas must be a non-empty tuple of positive numbers, got {x.control_lambdas}")
-    return x
