@@ -425,7 +425,7 @@ def section_sampling(S: Section, ctx: Ctx) -> None:
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     S.part("DDIM-10 channels_last + bf16 autocast (not what lib.generate does)",
            lambda: timed("ddim10_channels_last_bf16", model_cl, autocast=True), need_s=3.0 if not ctx.dry else 0)
-    del model, model_cl
+    model = model_cl = None  # free the GPU memory before the Inception part (the closures above have run)
     release_memory()
     S.part("Inception feature network", lambda: inception_speed(S, ctx), need_s=5.0 if not ctx.dry else 0)
 

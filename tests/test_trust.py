@@ -156,7 +156,6 @@ def test_make_hands_run_notebook_an_absolute_root():
 # ---------------------------------------------------------------------------- 9. notebook 03 re-runs when its runs go
 def test_deleting_a_runs_folder_makes_make_run_03_again(tmp_path):
     import subprocess
-    import time
 
     from lib.infra.paths import ROOT, Paths, write_notebook_marker
     P = Paths("ci", tmp_path)

@@ -21,7 +21,7 @@ class ExperimentConfig:
     # cells (sample.methods[0] at headline_steps; () = the two smallest sample.steps). 0: all seeds, full sweep.
     sweep_seeds: int = 0
     headline_steps: tuple[int, ...] = ()
-    workers: int = 0  # parallel single-threaded training processes; 0: os.cpu_count(); 1: in this process
+    workers: int = 0  # parallel single-threaded worker processes (lib.experiment.workers); 0: os.cpu_count(); 1: in this process
     related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
     related_seeds: int = 0  # training seeds 0 … related_seeds − 1 in notebook 06's neighbour cells; 0: every seed
     related_n_samples: int = 0  # samples per image cell in 06
