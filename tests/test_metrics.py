@@ -245,3 +245,21 @@ def test_kid_bootstrap_is_centred_and_detects_a_shift():
     assert shifted["lo"] > 0
     x = rng.standard_normal((30, 6))
     assert metrics.kid_bootstrap(x, y, n_boot=10)["value"] == pytest.approx(metrics.kid(x, y), rel=1e-12)
+
+
+def test_the_fd_bootstrap_runs_on_one_thread_and_gives_back_the_threads(monkeypatch):
+    """Beside a busy process, two threads' spin-waits made each replicate ~15x slower
+    (bench/results/boot_threads.md); one thread gives the same bits."""
+    import torch
+
+    from lib.measure import metrics
+    seen, call = set(), metrics._FDToReference.__call__
+    monkeypatch.setattr(metrics._FDToReference, "__call__", lambda self, f: seen.add(torch.get_num_threads()) or call(self, f))
+    rng = np.random.default_rng(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        metrics.fd_bootstrap(rng.normal(size=(50, 4)), rng.normal(size=(200, 4)), n_boot=5)
+        assert seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

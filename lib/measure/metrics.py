@@ -16,9 +16,13 @@ Both cover the samples of one model, not another training run.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from scipy import linalg
+
+from lib.infra.processes import single_thread
 
 
 def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
@@ -107,11 +111,15 @@ def _percentiles(x: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _boot_fds(f: np.ndarray, fd_ref: _FDToReference, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """The bootstrap FDs, one thread on a CPU: each replicate is a few small products and one eigvalsh, so
+    a second thread brings only synchronisation, and beside another busy process its spin-waits made
+    the replicates 15x slower (bench/results/boot_threads.md). The same bits either way."""
     ft = torch.from_numpy(f).to(fd_ref.device)
     out = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = torch.from_numpy(rng.integers(0, len(f), len(f))).to(fd_ref.device)
-        out[b] = fd_ref(ft[idx])
+    with single_thread() if fd_ref.device.type == "cpu" else contextlib.nullcontext():
+        for b in range(n_boot):
+            idx = torch.from_numpy(rng.integers(0, len(f), len(f))).to(fd_ref.device)
+            out[b] = fd_ref(ft[idx])
     return out
 
 
