@@ -23,11 +23,8 @@ class DownloadRefused(ValueError):
 
 def file_md5(path) -> str:
     """MD5 of a file (streamed)."""
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def download_problem(path: Path, kind: str | None, min_bytes: int | None = None) -> str | None:
