@@ -392,9 +392,13 @@ def test_bad_out_bad_json_and_permissions_are_one_line(tmp_path, monkeypatch, ca
 
 def test_ctrl_c_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "run"
+    # A shell that starts a command in the background (`nohup make test &`, `.ci/run &`) sets SIGINT to
+    # "ignore", and the child inherits it, as a process started from that terminal should: Ctrl-C is not
+    # meant for it. Here the test plays the terminal, so the child gets the default disposition back.
     p = subprocess.Popen(CLI + ["--arm", "s2dm", "--out", str(out), "--set", "train.steps=100000",
                                 "--set", "train.ckpt_every=20"], env=ENV, cwd=ROOT, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not ckpt.list_checkpoints(out) and time.time() < deadline:
         time.sleep(0.05)
