@@ -63,14 +63,16 @@ def test_the_lock_of_a_killed_process_is_not_stuck(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen(CLI + ["--arm", "s2dm", "--out", str(out), "--set", "train.steps=100000"], env=ENV, cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ((out / ".lock").exists() and (out / ".lock").read_text()) and time.time() < deadline:
-        time.sleep(0.05)
-    with pytest.raises(rundir.RunDirError, match=f"being trained by process {p.pid}"):
-        with rundir.claim(out):
-            pass
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    try:
+        deadline = time.time() + 120
+        while not ((out / ".lock").exists() and (out / ".lock").read_text()) and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(rundir.RunDirError, match=f"being trained by process {p.pid}"):
+            with rundir.claim(out):
+                pass
+    finally:  # also when the check fails: no 100,000-step run left behind
+        p.send_signal(signal.SIGKILL)
+        p.wait()
     with rundir.claim(out):  # free again at once
         pass
 
@@ -403,7 +405,10 @@ def test_ctrl_c_is_one_line_and_resumable(tmp_path):
     while not ckpt.list_checkpoints(out) and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:  # a child that missed the signal would otherwise train on after the test, 100,000 steps
+        p.kill()
     assert p.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted:") and "run the same command again" in err
 
