@@ -6,6 +6,8 @@
 #   make hooks       once per clone: git stores notebooks without outputs (.gitattributes' filter)
 #   make fetch       download what a profile needs (PROFILE=gpu: CIFAR-10, FID weights, DDPM checkpoint)
 #   make gpu-check   the prepared GPU check (bench/gpu_check.py; --dry-run on a CPU)
+#   make rehearse    the gpu route (PROFILE=gpu|paper) on fixtures at tiny sizes, on any machine (scripts/rehearse.py)
+#   make preflight   what PROFILE=gpu|paper needs, checked in seconds, and the plan (scripts/preflight.py)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,9 +15,9 @@ PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 LIB := $(wildcard lib/*.py lib/*/*.py)
 
-.PHONY: reproduce test lab bench venv check-python hooks clean-figures help fetch gpu-check torch
+.PHONY: reproduce test lab bench venv check-python hooks clean-figures help fetch gpu-check torch rehearse preflight
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,11p' Makefile
 
 # ---------------------------------------------------------------- environment
 # The pins (numpy 2.4.6, scipy 1.17.1, pandas 3.1.1) have no wheels below Python 3.11: say so before
@@ -80,6 +82,7 @@ venv: $(VENV)/.stamp-run
 reproduce: $(VENV)/.stamp-run
 	@profile="$${PROFILE:-$$($(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")')}"; \
 	echo "== make reproduce at profile $$profile =="; \
+	case "$$profile" in gpu|paper) $(PY) scripts/preflight.py --profile $$profile $(if $(ROOT_OUT),--root $(abspath $(ROOT_OUT)),) || exit 1 ;; esac; \
 	start=$$(date +%s); \
 	$(MAKE) --no-print-directory notebooks PROFILE=$$profile && \
 	echo "== done in $$(( $$(date +%s) - start )) s; outputs under figures/$$profile/ =="
@@ -106,6 +109,15 @@ $(OUT)/05_fid_tables.ipynb: $(OUT)/04_sampler_sweeps.ipynb
 $(OUT)/06_related_methods.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/07_interpolation.ipynb: $(OUT)/03_train.ipynb
 $(OUT)/08_pretrained.ipynb: $(OUT)/03_train.ipynb
+
+# ---------------------------------------------------------------- the GPU route before a GPU sees it (docs/GPU.md)
+# make rehearse PROFILE=gpu|paper [REHEARSE_ROOT=DIR]: every notebook through the profile's code paths at tiny
+# sizes on fixtures, under DIR (default data/rehearse), never figures/ or data/runs/. make preflight PROFILE=gpu.
+REHEARSE_ROOT ?= data/rehearse
+rehearse: $(VENV)/.stamp-run
+	$(PY) scripts/rehearse.py --profile $${PROFILE:-gpu} --root $(REHEARSE_ROOT)
+preflight: $(VENV)/.stamp-run
+	$(PY) scripts/preflight.py --profile $${PROFILE:-gpu}
 
 clean-figures:
 	rm -rf figures/$(PROFILE)

@@ -106,12 +106,20 @@ def _missing(name: str, where: Path) -> PretrainedMissing:
     return PretrainedMissing(f"the pretrained checkpoint {name!r} is not at {where}; place it there: {get}")
 
 
-def resolve(source, root=None) -> tuple[Path, str | None]:
-    """(path, known name or None) of a source: an existing path, else a name in :data:`CHECKPOINTS`."""
+def resolve(source, root=None, manifest=None) -> tuple[Path, str | None]:
+    """(path, known name or None) of a source: an existing path, else a name in :data:`CHECKPOINTS`.
+    A rehearsal ``manifest`` (lib.infra.rehearsal) that lists the name puts its fixture in that name's
+    place; nothing else ever reads a manifest."""
+    name = str(source)
+    if manifest is not None and name in manifest.checkpoints:
+        where = Path(manifest.checkpoints[name]["path"])
+        if not where.is_file():
+            raise PretrainedMissing(f"the rehearsal fixture {where} for {name!r} (listed in {manifest.path}) is gone; "
+                                    f"run scripts/rehearse.py again to remake the fixtures")
+        return where, name
     p = Path(source)
     if p.exists():
         return p, None
-    name = str(source)
     if name in CHECKPOINTS:
         where = _named_path(name, root)
         if not where.exists():
@@ -209,15 +217,22 @@ def _verified_run(path: Path):
         raise PretrainedError(str(e)) from None
 
 
-def load_state(source, *, entry: str = "ema", root=None) -> dict:
+def _expected_md5(name: str | None, manifest=None) -> str | None:
+    """The MD5 a named checkpoint must have: the published one, or the rehearsal manifest's for its fixture."""
+    if name and manifest is not None and name in manifest.checkpoints:
+        return manifest.checkpoints[name]["md5"]
+    return CHECKPOINTS[name].get("md5") if name else None
+
+
+def load_state(source, *, entry: str = "ema", root=None, manifest=None) -> dict:
     """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
 
     A named checkpoint with a published MD5 is verified first. ``config`` is the ModelConfig a diffusers
     folder or a lib.train run states; None for bare weights
     (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers),
     None (this project's rule) for lib.train runs."""
-    path, name = resolve(source, root)
-    known_md5 = CHECKPOINTS[name].get("md5") if name else None
+    path, name = resolve(source, root, manifest)
+    known_md5 = _expected_md5(name, manifest)
     if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
         raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
                               "corrupt or another checkpoint; delete it and fetch it again")
@@ -227,7 +242,8 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
         cfg = _verified_run(path).model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
-        return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
+        return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg,
+                    groups=cfg.norm_groups or None)
     if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder (lib.diffusers_format)
         try:
             cfg, groups = diffusers_format.read_config(path)
@@ -244,8 +260,9 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
     own = (path.parent / "config.json").is_file() and (path.parent / "run.json").is_file()
     if own:  # a checkpoint of a lib.train run: its own config and this project's group rule
         from lib.infra.config import load_json
-        return dict(state_dict=sd, layout=layout, path=path, name=name, config=load_json(path.parent / "config.json").model,
-                    groups=None)
+        own_cfg = load_json(path.parent / "config.json").model
+        return dict(state_dict=sd, layout=layout, path=path, name=name, config=own_cfg,
+                    groups=own_cfg.norm_groups or None)
     return dict(state_dict=sd, layout=layout, path=path, name=name, config=None, groups=REFERENCE_GROUPS)
 
 
@@ -309,13 +326,13 @@ def _check_fits(own: dict, sd: dict, where) -> None:
         raise PretrainedError(f"the weights of {where} do not fit this architecture: " + "; ".join(parts))
 
 
-def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | None = None, root=None):
+def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | None = None, root=None, manifest=None):
     """A pretrained :class:`lib.unet.UNet` in eval mode and the ModelConfig it corresponds to.
 
     ``source``: a path or a :data:`CHECKPOINTS` name (see the module docstring); ``entry``: 'ema'
     (default) or 'model' for checkpoints holding both. Reference checkpoints get 32 GroupNorm groups
-    (``model.norm_groups``); lib.train runs this project's rule."""
-    st = load_state(source, entry=entry, root=root)
+    (``model.norm_groups``); lib.train runs this project's rule. ``manifest``: a rehearsal's (lib.infra.rehearsal)."""
+    st = load_state(source, entry=entry, root=root, manifest=manifest)
     cfg = st["config"]
     if cfg is None:
         known = CHECKPOINTS.get(st["name"] or "", {})
@@ -335,13 +352,13 @@ def _groups_of(model: torch.nn.Module) -> set:
     return {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
 
 
-def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=None) -> dict:
+def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=None, manifest=None) -> dict:
     """Load ``source``'s weights into ``model`` (strict: same names and shapes) and return its provenance
     ``{"source", "path", "layout", "md5"}`` (MD5 of the weights file) for run.json.
 
     Refuses reference weights (always 32 GroupNorm groups) for a model whose GroupNorms have other
     group counts: the shapes would load but the network would compute something else."""
-    st = load_state(source, entry=entry, root=root)
+    st = load_state(source, entry=entry, root=root, manifest=manifest)
     if st["groups"] is not None:
         bad = _groups_of(model) - {st["groups"]}
         if bad:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from lib.infra.progress import tqdm
 
 from lib.infra import checkpoint as ckpt
-from lib.infra import distributed, rundir, runlog
+from lib.infra import distributed, rehearsal, rundir, runlog
 from lib.infra.distributed import RunContext
 from lib.infra.config import Config, ConfigError, get_config, toy_config, with_overrides
 from lib.data import BatchSource, DatasetMissing
@@ -199,7 +199,7 @@ def _build_state(cfg: Config, arm: str, ctx: RunContext, init_from=None) -> Trai
     t, device = cfg.train, ctx.device
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every arm
     model = build_model(cfg.model).to(device)
-    init_record = _init_from(model, init_from)  # before the EMA copies the weights, and before resume
+    init_record = _init_from(model, init_from, cfg)  # before the EMA copies the weights, and before resume
     if ctx.world > 1:  # the global RNG now only drives dropout: give each rank its own masks
         torch.manual_seed(t.seed + 1_000_003 * ctx.rank)
     if t.channels_last and cfg.model.kind == "unet":
@@ -362,7 +362,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {ctx.world} processes")
     code = training_code(cfg.model.kind, arm)
     with _claimed(out, ctx):
-        moved = _same_init(out, init_from)
+        moved = _same_init(out, init_from, cfg)
         if moved:  # its source was retrained: the fine-tune is superseded (moved aside), as a stale run is
             ctx.on_main(lambda: rundir.supersede(out, moved) and None, rundir.RunDirError)
         # 1. the directory: this run's, finished, stale (moved aside) or another run's (refused)
@@ -398,14 +398,14 @@ def _claimed(out: Path, ctx: RunContext):
         yield
 
 
-def _init_from(model, source):
+def _init_from(model, source, cfg: Config):
     if source is None:
         return None
     from lib.pretrained import init_weights  # the fine-tune hook; lib.pretrained owns the logic
-    return init_weights(model, source)
+    return init_weights(model, source, manifest=rehearsal.of(cfg))
 
 
-def _same_init(out: Path, source) -> str | None:
+def _same_init(out: Path, source, cfg: Config) -> str | None:
     """A run directory holds one fine-tune: refuse to continue (or return) it from other initial weights.
     Returns why it is superseded when its source (the same path or name) now holds other weights."""
     recorded = (rundir.read_json(out / "run.json") or {}).get("init_from")
@@ -413,7 +413,7 @@ def _same_init(out: Path, source) -> str | None:
         return None
     from lib.pretrained import file_md5, load_state
 
-    md5 = file_md5(load_state(source)["path"])  # the weights file init_weights records
+    md5 = file_md5(load_state(source, manifest=rehearsal.of(cfg))["path"])  # the weights file init_weights records
     if recorded is not None and recorded.get("md5") != md5 and recorded.get("source") == str(source):
         return (f"its initial weights {source} changed since it was fine-tuned (MD5 {recorded.get('md5')} then, "
                 f"{md5} now)")

@@ -281,7 +281,10 @@ class UNet(nn.Module):
 
 
 def build_unet(model_cfg, norm_groups: int | None = None) -> UNet:
-    """The UNet of a ``lib.infra.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`."""
+    """The UNet of a ``lib.infra.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`
+    (default: the config's ``norm_groups``, where 0 means the width rule)."""
+    if norm_groups is None:
+        norm_groups = getattr(model_cfg, "norm_groups", 0) or None
     kind = getattr(model_cfg, "kind", "unet")
     if kind != "unet":
         raise ValueError(f"build_unet got model.kind={kind!r}; use lib.mlp.build_mlp for 'mlp'")

@@ -1,6 +1,6 @@
 """Execute one numbered notebook headlessly with papermill; its executed copy is the result readers open.
 
-    python scripts/run_notebook.py notebooks/03_train.ipynb --profile cpu [--root DIR] [--html]
+    python scripts/run_notebook.py notebooks/03_train.ipynb --profile cpu [--root DIR] [--html] [--set KEY=VALUE ...]
 
 The executed copy goes to ``figures/<profile>/<name>.ipynb`` only when every cell succeeded (a
 failed run is kept as ``<name>.failed.ipynb`` and the script names the notebook and exits 1), so
@@ -56,7 +56,7 @@ def _relink(nb_text: str) -> str:
     return nb_text.replace("](../", "](../../").replace('src=\\"../', 'src=\\"../../')
 
 
-def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) -> Path:
+def run(nb: Path, profile: str, root: Path | None = None, html: bool = False, overrides=()) -> Path:
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter
@@ -70,7 +70,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
     stage.mkdir(parents=True)
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
     os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.infra.progress)
-    params = {"profile": profile, "root": str(root) if root else ""}
+    params = {"profile": profile, "root": str(root) if root else "", "overrides": list(overrides)}
     t0 = time.time()
     print(f"-- {nb.name} (profile {profile})", flush=True)
     os.environ.update({paths.STAGE_FOR: str(out_dir.resolve()), paths.STAGE_DIR: str(stage.resolve())})
@@ -128,8 +128,11 @@ def main():
     p.add_argument("--root", type=Path, default=None, help="output root instead of the repository (tests)")
     p.add_argument("--html", action="store_true", help="also export the executed notebook to HTML")
     p.add_argument("--no-html", action="store_true", help="the default (kept for older callers)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override handed to the notebook's `overrides` parameter (repeatable)")
     a = p.parse_args()
-    run(a.notebook.resolve(), a.profile, a.root.resolve() if a.root else None, html=a.html and not a.no_html)
+    run(a.notebook.resolve(), a.profile, a.root.resolve() if a.root else None, html=a.html and not a.no_html,
+        overrides=a.overrides)
 
 
 if __name__ == "__main__":

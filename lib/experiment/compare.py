@@ -11,6 +11,7 @@ A cell is named by (arm, label) and the config whose sample set it used (set A/B
 from __future__ import annotations
 
 from lib.measure import metrics, stats
+from lib.factory import resolve_device
 from lib.infra.config import Config
 from lib.experiment.evaluate import load_features
 from lib.infra.paths import Paths
@@ -22,11 +23,13 @@ def compare_seed(paths: Paths, cfg: Config, a: tuple, b: tuple, steps: int, ref,
     ``a``, ``b`` are (arm, label); ``cfg_b`` the sample set of b if it differs from a's."""
     fa = load_features(paths, cfg, *a, steps, seed, producer)
     fb = load_features(paths, cfg_b or cfg, *b, steps, seed, producer)
-    c = metrics.compare_bootstrap(fa, fb, ref, n_boot=cfg.eval.n_boot, level=cfg.eval.ci_level, paired=True)
+    c = metrics.compare_bootstrap(fa, fb, ref, n_boot=cfg.eval.n_boot, level=cfg.eval.ci_level, paired=True,
+                                  device=resolve_device(cfg.train.device))  # replicates on the GPU where there is one
     kr = _kid_ref(ref)
     if kr is None:
         return {**c, "kid_a": float("nan"), "kid_b": float("nan"), "kid_diff": float("nan"), "kid_rel": float("nan")}
-    ka, kb = kr(fa), kr(fb)
+    k = cfg.eval.kid_samples or None  # KID on the cell's first kid_samples samples, as lib.experiment.evaluate scores it
+    ka, kb = kr(fa[:k]), kr(fb[:k])
     return {**c, "kid_a": ka, "kid_b": kb, "kid_diff": ka - kb, "kid_rel": (ka - kb) / ka}
 
 
@@ -34,8 +37,10 @@ _KID_REFS: dict = {}
 
 
 def _kid_ref(ref):
-    """One lib.measure.metrics.KIDToReference per reference array (its kernel term costs ~0.4 s); None for (μ, Σ)."""
-    if isinstance(ref, tuple):
+    """One lib.measure.metrics.KIDToReference per reference array (its kernel term costs ~0.4 s at 5,000
+    classifier features, about a minute at 50,000 Inception features); None for a bare (μ, Σ)."""
+    ref = metrics.kid_reference(ref)
+    if ref is None:
         return None
     if id(ref) not in _KID_REFS:
         _KID_REFS.clear()

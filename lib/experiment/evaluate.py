@@ -3,8 +3,12 @@
 The metric is the offline classifier Fréchet distance (``FD_clf``, never called FID; lib.measure.classifier
 and lib.measure.metrics) with a bias-corrected percentile bootstrap interval over the generated samples,
 and beside it KID (unbiased MMD², cubic kernel) on the same features with a percentile bootstrap over
-the samples; or Inception FID (clean-fid) at profiles gpu/paper (KID is then nan: only the reference
-statistics are stored). Both intervals cover the samples of one training seed, its networks fixed.
+the samples; at profiles gpu/paper, on Inception features (clean-fid): FID against clean-fid's stored
+training-set statistics (comparable with the published tables) and KID, the headline as at ``cpu``,
+against the training set's Inception features (lib.measure.reference: computed once, cached under a
+key of the code, network, mode and images), on the cell's first ``eval.kid_samples`` samples. Both
+intervals cover the samples of one training seed, its networks fixed. A rehearsal (``experiment.rehearsal``,
+lib.infra.rehearsal) runs the same path with a stand-in feature network and its own statistics.
 
 Initial noise: every cell of training seed s (both arms, every sampler and method, notebooks 04, 06,
 08) starts from the x_T of :func:`sample_seed` (cfg, s) — shared within a seed (paired samples),
@@ -13,6 +17,7 @@ independent between seeds, so an interval over seeds covers each seed's sampling
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,28 +45,35 @@ class ImageEvaluator:
             self.net = classifier.get_classifier(cfg.data, cfg.eval, cache_dir=paths.base / "data" / "classifiers",
                                                  device=self.device, progress=progress)
             self.ref = classifier.features(self.net, data.to_model_range(images).to(self.device))
-        else:  # Inception FID against clean-fid's stored training-set statistics (checked offline first)
-            from lib.measure import fid
+        else:  # FID against clean-fid's stored training-set statistics, KID against the training set's features
+            from lib.infra import rehearsal
+            from lib.measure import fid, reference
 
-            self.fid = fid
-            self.ref = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", cfg.eval.fid_mode)
+            self.fid, self.manifest = fid, rehearsal.of(cfg)
+            mode = cfg.eval.fid_mode
+            stats = fid.reference_stats(cfg.data.dataset, cfg.data.image_size, "train", mode, manifest=self.manifest)
+            images, _ = data.load_images(replace(cfg.data, n_train=0))  # the whole training set, as the statistics
+            feats = reference.reference_features(images, dataset=cfg.data.dataset, mode=mode,
+                                                 cache_dir=paths.base / "data" / "inception", device=self.device,
+                                                 manifest=self.manifest, progress=progress)
+            self.ref = metrics.Reference(stats=stats, features=feats)
         self.name = "FD_clf" if self.metric == "classifier" else "FID"
-        self.kid_ref = metrics.KIDToReference(self.ref) if self.metric == "classifier" else None
+        self.kid_ref = metrics.KIDToReference(self.ref)
 
     def features(self, x_model_range: torch.Tensor) -> np.ndarray:
         if self.metric == "classifier":
             return classifier.features(self.net, x_model_range.to(self.device))
         return self.fid.inception_features(data.from_model_range(x_model_range), mode=self.cfg.eval.fid_mode,
-                                           device=self.device)
+                                           device=self.device, manifest=self.manifest)
 
     def score(self, feats: np.ndarray, seed: int = 0) -> dict:
-        """FD (bias-corrected percentile bootstrap over samples) and, on classifier features, KID with
-        its percentile bootstrap over samples (``kid``, ``kid_lo``, ``kid_hi``; nan for Inception)."""
+        """FD (bias-corrected percentile bootstrap over samples) and KID on the first ``eval.kid_samples``
+        samples with its percentile bootstrap over them (``kid``, ``kid_lo``, ``kid_hi``)."""
         e = self.cfg.eval
-        s = metrics.fd_bootstrap(feats, self.ref, n_boot=e.n_boot, level=e.ci_level, seed=seed)
-        if self.kid_ref is None:
-            return {**s, "kid": float("nan"), "kid_lo": float("nan"), "kid_hi": float("nan")}
-        k = metrics.kid_bootstrap(feats, None, n_boot=e.n_boot, level=e.ci_level, seed=seed, kid_ref=self.kid_ref)
+        # The replicates on the evaluator's device: at D = 2,048 each is a few GFLOP, hours for a gpu sweep on one CPU thread.
+        s = metrics.fd_bootstrap(feats, self.ref, n_boot=e.n_boot, level=e.ci_level, seed=seed, device=self.device)
+        k = metrics.kid_bootstrap(feats[:e.kid_samples or None], None, n_boot=e.n_boot, level=e.ci_level, seed=seed,
+                                  kid_ref=self.kid_ref)
         return {**s, "kid": k["value"], "kid_lo": k["lo"], "kid_hi": k["hi"]}
 
 
@@ -134,8 +146,8 @@ def save_reference(ev: ImageEvaluator) -> Path:
     """The reference features (classifier) or (μ, Σ) (Inception) for notebook 05, as ``reference.npz``."""
     p = ev.paths.runs / "features" / "reference.npz"
     p.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(ev.ref, tuple):
-        np.savez(p, mu=ev.ref[0], sigma=ev.ref[1])
+    if isinstance(ev.ref, metrics.Reference):  # Inception: FID's stored statistics and KID's features
+        np.savez(p, mu=ev.ref.stats[0], sigma=ev.ref.stats[1], features=ev.ref.features)
     else:
         np.savez(p, features=ev.ref)
     return p
@@ -157,6 +169,8 @@ def read_array(path: Path, producer: str):
 
 def load_reference(paths: Paths):
     f = read_array(paths.require(paths.runs / "features" / "reference.npz", "04_sampler_sweeps"), "04_sampler_sweeps")
+    if "features" in f and "mu" in f and "sigma" in f:
+        return metrics.Reference(stats=(f["mu"], f["sigma"]), features=f["features"])
     if "features" in f:
         return f["features"]
     if "mu" in f and "sigma" in f:

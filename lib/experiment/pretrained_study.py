@@ -14,23 +14,31 @@ Every row is a dict; the notebook saves, plots and asserts on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from lib import generate, samplers
 from lib.experiment import compare, published
 from lib.experiment.evaluate import image_cell
-from lib.infra import config
+from lib.infra import config, rehearsal
 from lib.infra.profiles import NOTEBOOK_08, NotebookPlan
 from lib.infra.runlog import read_log
 from lib.related import epsscale, skiptuning
 from lib.train import PAPER_ARMS, train
 
 
-def plan_for(profile: str) -> NotebookPlan:
-    """Notebook 08's plan at ``profile`` (lib.infra.profiles.NOTEBOOK_08)."""
+def plan_for(profile: str, cfg=None) -> NotebookPlan:
+    """Notebook 08's plan at ``profile`` (lib.infra.profiles.NOTEBOOK_08); in a rehearsal (``cfg`` naming a
+    manifest, lib.infra.rehearsal) with the manifest's smaller sizes (steps, samples, fine-tune steps)."""
     if profile not in NOTEBOOK_08:
         raise ValueError(f"no notebook-08 plan for profile {profile!r}; valid: {', '.join(NOTEBOOK_08)}")
-    return NOTEBOOK_08[profile]
+    plan = NOTEBOOK_08[profile]
+    m = rehearsal.of(cfg) if cfg is not None else None
+    if m is not None and m.notebook_08:
+        sizes = {k: tuple(v) if k == "steps" else v for k, v in m.notebook_08.items()
+                 if k in ("steps", "n_samples", "finetune_steps")}
+        plan = dataclasses.replace(plan, **sizes)
+    return plan
 
 
 # (method, grid, options, label, the published FIDs by S) of the calibration

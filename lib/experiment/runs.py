@@ -142,13 +142,24 @@ def train_job(config: dict, arm: str, out: str) -> None:
     train(from_dict(config), arm, Path(out), progress=False)
 
 
+def processes_per_run(cfg: Config) -> int:
+    """``train.nproc`` processes per training run; 0: one per visible CUDA device (at least 1)."""
+    if cfg.train.nproc:
+        return cfg.train.nproc
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
 def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
     """Train every job of ``jobs`` ({key: Job}); returns {key: run_dir}.
 
     Finished runs are checked (config, arm) and skipped in this process; the others run as
     single-threaded worker processes, at most ``workers`` (0: ``os.cpu_count()``)
     at a time, longest first (lib.experiment.workers.call_in_workers). ``workers=1`` trains them here, one
-    after another (profile ci: its runs take less time than a process takes to start). A failed run
+    after another (profile ci: its runs take less time than a process takes to start). Runs whose
+    ``train.nproc`` asks for several processes (profile paper: one per GPU) run through torchrun, one run
+    at a time, and record the world size in their run.json. A failed run
     does not stop the others (their work is kept); at the end one error lists every failure with its
     run directory and the tail of its stderr."""
     jobs = dict(jobs)
@@ -173,9 +184,14 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
         watch = RunsProgress({k: (_label(k, jobs[k]), jobs[k].out / "loss.csv", jobs[k].cfg.train.steps)
                               for k in pending}).update
     calls = {k: {"config": jobs[k].cfg.to_dict(), "arm": jobs[k].arm, "out": str(jobs[k].out.resolve())} for k in pending}
-    _, failures = call_in_workers(train_job, calls, workers, progress=progress,
-                                            describe=lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})",
-                                            watch=watch)
+    describe = lambda k: f"{jobs[k].out} ({jobs[k].arm}, seed {jobs[k].cfg.train.seed})"  # noqa: E731
+    failures = []
+    for nproc in sorted({processes_per_run(jobs[k].cfg) for k in pending}):  # torchrun runs one at a time
+        group = {k: c for k, c in calls.items() if processes_per_run(jobs[k].cfg) == nproc}
+        if progress and nproc > 1:
+            print(f"{len(group)} runs through torchrun, {nproc} processes each, one run at a time", flush=True)
+        failures += call_in_workers(train_job, group, workers, progress=progress, describe=describe, watch=watch,
+                                    nproc=nproc)[1]
     if watch is not None:
         watch(running=(), finished=[k for k in pending if is_finished(jobs[k])], final=True)
     if failures:

@@ -1,9 +1,11 @@
 """``python -m lib.experiment.worker_main CALL.json``: one call of lib.experiment.workers.call_in_workers
 in a worker process. The call file names one of the functions below (lib.experiment.workers.WORKER_FUNCTIONS),
-never an arbitrary one; the return value is written as JSON to the file the call names."""
+never an arbitrary one; the return value is written as JSON to the file the call names (by rank 0, when
+torchrun started the worker as several processes)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,9 @@ def main(call_file: str) -> int:
     if call.get("function") not in FUNCTIONS:
         print(f"error: {call_file} names {call.get('function')!r}, not one of {', '.join(FUNCTIONS)}", file=sys.stderr)
         return 2
-    atomic_write_text(call["out"], json.dumps(FUNCTIONS[call["function"]](**call["kwargs"])))
+    result = FUNCTIONS[call["function"]](**call["kwargs"])
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank made the call; rank 0 answers it
+        atomic_write_text(call["out"], json.dumps(result))
     return 0
 
 

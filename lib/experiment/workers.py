@@ -35,7 +35,7 @@ def _name(fn) -> str:
 
 
 def call_in_workers(fn, calls: dict, workers: int, *, progress: bool = True, describe=str,
-                    watch=None) -> tuple[dict, list[str]]:
+                    watch=None, nproc: int = 1) -> tuple[dict, list[str]]:
     """Call ``fn`` once per entry of ``calls`` ({key: keyword arguments}), at most ``workers`` at a time
     (0: os.cpu_count()), each in its own single-threaded worker process; with one worker, here, one
     after another, under lib.infra.processes.single_thread.
@@ -43,7 +43,10 @@ def call_in_workers(fn, calls: dict, workers: int, *, progress: bool = True, des
     Arguments and return values travel as JSON both ways (so the two paths see the same inputs); path
     arguments (``out``, ``run_dir``, ``root``) must be absolute. Returns ({key: return value} of the
     calls that finished, [one message per failed worker]); in this process an exception propagates.
-    ``watch`` as in lib.infra.processes.run_parallel."""
+    ``watch`` as in lib.infra.processes.run_parallel.
+
+    ``nproc`` > 1: each call runs under torchrun as ``nproc`` processes (one distributed job: every rank
+    calls ``fn``, rank 0 writes the result), one call at a time, since each job takes every device."""
     name = _name(fn)
     try:
         calls = {k: json.loads(json.dumps(kw)) for k, kw in calls.items()}
@@ -54,8 +57,8 @@ def call_in_workers(fn, calls: dict, workers: int, *, progress: bool = True, des
         if rel:
             raise ValueError(f"{describe(key)}: the worker's path {rel[0]!r} is relative; resolve it in the caller "
                              f"(lib.infra.paths.Paths does) so that the worker writes where the caller reads")
-    n = processes.n_workers(workers, len(calls))
-    if n == 1:
+    n = 1 if nproc > 1 else processes.n_workers(workers, len(calls))
+    if n == 1 and nproc <= 1:
         with processes.single_thread():
             return {k: json.loads(json.dumps(fn(**kw))) for k, kw in calls.items()}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +66,9 @@ def call_in_workers(fn, calls: dict, workers: int, *, progress: bool = True, des
         for i, (key, kw) in enumerate(calls.items()):
             files[key] = Path(tmp) / f"{i}.json"
             files[key].write_text(json.dumps({"function": name, "kwargs": kw, "out": f"{files[key]}.out"}))
-            commands[key] = [sys.executable, "-m", "lib.experiment.worker_main", str(files[key])]
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+                if nproc > 1 else [sys.executable]
+            commands[key] = [*launch, "-m", "lib.experiment.worker_main", str(files[key])]
         failures = processes.run_parallel(commands, n, progress, describe, watch)
         done = {k: Path(f"{f}.out") for k, f in files.items()}
         return {k: json.loads(f.read_text()) for k, f in done.items() if f.exists()}, failures

@@ -49,6 +49,9 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     resamp_with_conv: bool = True
+    # GroupNorm groups of every layer; 0: lib.unet.num_groups of each width (32 at the paper's widths, fewer
+    # for small models). A rehearsal keeps the paper's 32 at a small width (scripts/rehearse.py).
+    norm_groups: int = 0
     hidden: int = 256  # mlp only
     depth: int = 3  # mlp only
 
@@ -112,6 +115,9 @@ class TrainConfig:
     compile: bool = False
     fused_adam: bool = False
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
+    # Processes per training run: > 1 launches each run through torchrun (DDP, the global batch split over
+    # them); 0: one per visible CUDA device (profile paper). 1: a plain process.
+    nproc: int = 1
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,9 @@ class EvalConfig:
     ci_level: float = 0.95
     classifier_steps: int = 2000
     classifier_width: int = 32
+    # KID is computed on the first kid_samples samples of a cell (0: all): its [n, n] kernel matrix is
+    # 0.8 GB at 10k samples and 20 GB at 50k. KID is unbiased at every n, so fewer samples only widen its interval.
+    kid_samples: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,7 @@ def validate(cfg: Config) -> Config:
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 disables), got {t.grad_clip}")
     need(t.amp in ("none", "bf16"), f"train.amp must be 'none' or 'bf16', got {t.amp!r}")
     need(t.device in ("auto", "cpu", "cuda"), f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
+    need(t.nproc >= 0, f"train.nproc must be >= 0 (0: one process per CUDA device; 1: no torchrun), got {t.nproc}")
     need(len(s.steps) > 0 and all(1 <= k <= d.T for k in s.steps),
          f"sample.steps must be positive integers <= T={d.T}, got {s.steps}")
     need(s.grid in DDIM_GRIDS, f"sample.grid must be {' or '.join(map(repr, DDIM_GRIDS))}, got {s.grid!r}")
@@ -292,9 +302,12 @@ def validate(cfg: Config) -> Config:
     need(m.ch >= 1 and len(m.ch_mult) >= 1 and min(m.ch_mult) >= 1 and m.num_res_blocks >= 1,
          "model: need ch >= 1, ch_mult non-empty with entries >= 1, num_res_blocks >= 1")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
+    need(m.norm_groups >= 0 and (m.norm_groups == 0 or m.ch % m.norm_groups == 0),
+         f"model.norm_groups must be 0 (the width rule) or divide model.ch={m.ch}, got {m.norm_groups}")
     need(e.metric in ("classifier", "inception"), f"eval.metric must be 'classifier' or 'inception', got {e.metric!r}")
     need(e.fid_mode in ("legacy_tensorflow", "clean"), f"eval.fid_mode must be 'legacy_tensorflow' or 'clean', got {e.fid_mode!r}")
     need(0 < e.ci_level < 1, f"eval.ci_level must lie in (0, 1), got {e.ci_level}")
+    need(e.kid_samples == 0 or e.kid_samples >= 2, f"eval.kid_samples must be 0 (all) or >= 2, got {e.kid_samples}")
     need(cfg.toy.n_seeds >= 1 and cfg.toy.steps >= 1, "toy.n_seeds and toy.steps must be >= 1")
     check_model_fits_data(cfg)  # before anything is built or loaded
     validate_experiment(cfg.experiment, d.T)
@@ -313,7 +326,7 @@ def toy_overrides(cfg: Config) -> dict:
             "train.steps": t.steps, "train.batch_size": t.batch_size, "train.lr": t.lr, "train.warmup": 0,
             "train.ema_decay": min(cfg.train.ema_decay, 0.995), "train.ckpt_every": max(1, t.steps // 2),
             "train.log_every": max(1, t.steps // 50), "train.amp": "none", "train.channels_last": False,
-            "train.compile": False,
+            "train.compile": False, "train.nproc": 1,
             "sample.n_samples": t.n_samples, "sample.batch_size": t.n_samples, "sample.steps": t.sample_steps}
 
 

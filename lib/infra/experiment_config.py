@@ -45,6 +45,10 @@ class ExperimentConfig:
     # The positive control: constant ε scaling λ on the baseline (DDIM, related_steps), seeds 0 … min(control_seeds, n_seeds) − 1.
     control_lambdas: tuple[float, ...] = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
     control_seeds: int = 3
+    # A rehearsal of the GPU route (scripts/rehearse.py): the path of the manifest that names its fixtures (a
+    # stand-in feature network, its reference statistics, a checkpoint with its MD5). Empty in every real run:
+    # nothing finds a manifest by itself, so a real run never reads a fixture.
+    rehearsal: str = ""
 
 
 def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 # The DDPM CIFAR-10 model (35,746,307 parameters) and the DDIM code's optimiser, in float32 as the paper;
 # channels_last and fused Adam change speed, not the arithmetic. device='cuda' fails fast instead of
 # silently training on a CPU (override with --set train.device=cpu).
-PAPER = {"train.channels_last": True, "train.fused_adam": True, "train.device": "cuda"}
+# experiment.workers 1: the experiment's steps run one at a time in the notebook's process, because worker
+# processes would all share cuda:0 (os.cpu_count() of them: 16 CUDA contexts and 6 image runs at batch 128
+# competing for one GPU's memory); paper's training runs use every GPU through torchrun instead (train.nproc 0).
+PAPER = {"train.channels_last": True, "train.fused_adam": True, "train.device": "cuda", "train.nproc": 0,
+         "experiment.workers": 1}
 
 # Plain EMA (ema_rampup 0) as the paper: 40k steps are 4x 1/(1 - 0.9999), the initial weights keep
 # 0.9999^40000 = 1.8 % of the average (alike in both arms), and this profile is meant to differ from the
 # paper's recipe in length and speed flags only.
-GPU = {**PAPER,
+GPU = {**PAPER, "train.nproc": 1,  # one GPU
        "train.steps": 40_000, "train.ckpt_every": 2000, "train.amp": "bf16",
        "sample.n_samples": 10_000, "sample.batch_size": 1000, "sample.steps": (10, 20, 50, 100, 1000),
        "experiment.n_seeds": 3}
@@ -93,3 +97,25 @@ NOTEBOOK_08 = {
     "paper": NotebookPlan(source="ema_cifar10", steps=(10, 20, 50, 100), n_samples=50_000, finetune_steps=100_000,
                           finetune_lr=2e-5),
 }
+
+
+# ---------------------------------------------------------------------------- the rehearsal
+# scripts/rehearse.py runs the gpu/paper notebooks through their own code paths with these sizes only
+# (training steps, batch, samples, seeds, sampler step counts, bootstrap replicates, notebook 08's plan,
+# the model's width with the paper's 32 GroupNorm groups kept), on fixtures made on the spot, within
+# minutes on 2 CPU cores. No number a rehearsal writes is a result (REHEARSAL.md beside its tables).
+REHEARSAL_SIZES = {
+    "model.ch": 32, "model.norm_groups": 32,
+    "train.steps": 16, "train.batch_size": 8, "train.ckpt_every": 8, "train.log_every": 4,
+    "sample.n_samples": 12, "sample.batch_size": 12, "sample.steps": (3, 4),
+    "eval.n_boot": 50,
+    "toy.n_seeds": 2, "toy.steps": 60, "toy.batch_size": 128, "toy.n_samples": 400, "toy.sample_steps": (3, 4),
+    "experiment.n_seeds": 2, "experiment.related_steps": (3, 4), "experiment.related_seeds": 2,
+    "experiment.related_n_samples": 8, "experiment.related_toy_samples": 300, "experiment.cdm_finetune": 4,
+    "experiment.cdm_toy_finetune": 10, "experiment.cdm_chain_steps": 2, "experiment.dose_image_seeds": 1,
+    "experiment.control_seeds": 1,
+}
+# What each profile adds: paper trains every run through torchrun (two processes over gloo on a CPU).
+REHEARSAL_PROFILE_SIZES = {"gpu": {}, "paper": {"train.nproc": 2}}
+# Notebook 08's plan in a rehearsal (carried by the manifest, lib.infra.rehearsal).
+REHEARSAL_NOTEBOOK_08 = {"steps": (3, 4), "n_samples": 8, "finetune_steps": 4}

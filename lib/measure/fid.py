@@ -14,7 +14,10 @@ modes, and from the classifier FD of ``lib/measure/metrics.py``, are not compara
 
 With ``feat_extractor`` (any callable mapping float images [B, 3, H, W] in [0, 255] to features
 [B, D]) and ``ref_images``, the whole clean-fid folder pipeline runs without Inception weights:
-the tests use this with a tiny random-conv stand-in.
+the tests use this with a tiny random-conv stand-in. A rehearsal of the GPU route (lib.infra.rehearsal)
+passes its manifest instead: features come from :class:`StandIn` (the same contract as the Inception
+network, built in memory from the manifest's seed) and the reference statistics from the manifest's
+fixture, never from clean-fid's folders, and nothing is written where clean-fid looks for its files.
 """
 from __future__ import annotations
 
@@ -83,6 +86,58 @@ def check_offline(mode: str, dataset: str = "cifar10", dataset_res: int = 32, sp
     return paths
 
 
+class StandIn(torch.nn.Module):
+    """A stand-in for clean-fid's Inception network in a rehearsal, with its input and output contract:
+    float images [B, 3, H, W] in [0, 255] (as clean-fid's loader hands them) in, [B, 2048] features out.
+    Two random convolutions (weights from ``seed``, so every process builds the same network) and an 8×8
+    average pool: features that move with the images, and nothing to download or install."""
+
+    def __init__(self, seed: int = 0, dim: int = 2048):
+        super().__init__()
+        if dim % 64:
+            raise ValueError(f"the stand-in's feature dimension must be a multiple of 64, got {dim}")
+        g = torch.Generator().manual_seed(int(seed))
+        self.c1 = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.c2 = torch.nn.Conv2d(16, dim // 64, 3, stride=1, padding=1)
+        with torch.no_grad():
+            for conv in (self.c1, self.c2):
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / fan_in ** 0.5)
+                conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=g))
+        self.dim = dim
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.c1.weight.dtype) / 127.5 - 1.0
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return torch.nn.functional.adaptive_avg_pool2d(h, 8).flatten(1)
+
+
+def standin_for(manifest, device=None):
+    """The manifest's :class:`StandIn` on ``device`` (None without a manifest: the real Inception network)."""
+    if manifest is None:
+        return None
+    return StandIn(manifest.standin_seed, manifest.standin_dim).to(device or "cpu").eval()
+
+
+def clean_fid_code() -> str:
+    """A hash of the installed clean-fid's Python sources (its preprocessing decides the features; the
+    package carries no version attribute to read instead)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(cleanfid.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def network_id(mode: str, manifest=None) -> str:
+    """What computes the features, for cache keys and table titles."""
+    if manifest is not None:
+        return f"rehearsal stand-in (seed {manifest.standin_seed}, {manifest.standin_dim}-d; not Inception)"
+    return f"clean-fid Inception ({INCEPTION_FILE}, mode {mode})"
+
+
 def _inception(mode: str, device) -> callable:
     """clean-fid's Inception feature network for ``mode``, loaded from INCEPTION_DIR without download."""
     from cleanfid.inception_torchscript import InceptionV3W
@@ -145,12 +200,14 @@ def inception_fid(images, *, dataset: str = "cifar10", dataset_res: int = 32, sp
 
 
 def inception_features(images, *, mode: str = "legacy_tensorflow", device=None, batch_size: int = 100,
-                       num_workers: int = 0, feat_extractor=None) -> np.ndarray:
+                       num_workers: int = 0, feat_extractor=None, manifest=None) -> np.ndarray:
     """clean-fid's Inception features [N, 2048] of ``images`` with exactly compute_fid's preprocessing
-    (PNG round trip, mode-specific resize), so their statistics can be bootstrapped (lib.measure.metrics)."""
+    (PNG round trip, mode-specific resize), so their statistics can be bootstrapped (lib.measure.metrics).
+    With a rehearsal ``manifest``: the same pipeline with the manifest's :class:`StandIn`."""
     if mode not in MODES:
         raise ValueError(f"unknown FID mode {mode!r}; valid: {', '.join(MODES)}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    feat_extractor = feat_extractor if feat_extractor is not None else standin_for(manifest, device)
     check_offline(mode, need_weights=feat_extractor is None, need_stats=False)
     model = feat_extractor if feat_extractor is not None else _inception(mode, device)
     with tempfile.TemporaryDirectory(prefix="fidfeat_") as tmp:
@@ -160,8 +217,12 @@ def inception_features(images, *, mode: str = "legacy_tensorflow", device=None, 
 
 
 def reference_stats(dataset: str = "cifar10", dataset_res: int = 32, split: str = "train",
-                    mode: str = "legacy_tensorflow") -> tuple[np.ndarray, np.ndarray]:
-    """clean-fid's stored reference (μ, Σ) of the dataset's Inception features (checked offline first)."""
-    paths = check_offline(mode, dataset, dataset_res, split, need_weights=False)
-    with np.load(paths["stats"]) as f:
+                    mode: str = "legacy_tensorflow", manifest=None) -> tuple[np.ndarray, np.ndarray]:
+    """clean-fid's stored reference (μ, Σ) of the dataset's Inception features (checked offline first);
+    with a rehearsal ``manifest``, the fixture it lists under clean-fid's file name (checksum verified)."""
+    if manifest is not None:
+        path = manifest.stats_path(stats_filename(dataset, mode, dataset_res, split))
+    else:
+        path = check_offline(mode, dataset, dataset_res, split, need_weights=False)["stats"]
+    with np.load(path, allow_pickle=False) as f:
         return f["mu"], f["sigma"]

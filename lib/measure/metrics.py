@@ -17,6 +17,7 @@ Both cover the samples of one model, not another training run.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,6 +57,29 @@ def _as_features(f) -> np.ndarray:
     return f
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference set where the two metrics need different parts of it: FD against stored statistics
+    (clean-fid's (μ, Σ) of the training set, the published tables' reference) and KID against the
+    training set's features themselves (statistics are not enough for KID). A plain feature array
+    serves both; a bare (μ, Σ) pair serves FD only."""
+
+    stats: tuple
+    features: np.ndarray
+
+
+def fd_reference(ref):
+    """The part of a reference that FD uses: features [N, D] or (μ, Σ)."""
+    return ref.stats if isinstance(ref, Reference) else ref
+
+
+def kid_reference(ref):
+    """The features KID uses, or None where only (μ, Σ) is known."""
+    if isinstance(ref, Reference):
+        return ref.features
+    return None if isinstance(ref, tuple) else ref
+
+
 def gaussian_stats(f) -> tuple[np.ndarray, np.ndarray]:
     """Sample mean and unbiased covariance (ddof 1) of features [N, D], float64."""
     f = _as_features(f)
@@ -84,7 +108,8 @@ class _FDToReference:
 
     Uses Tr((C C_r)^{1/2}) = Σᵢ √λᵢ(S C S) with S = C_r^{1/2}: C C_r = (C S)S and S(C S) share their
     eigenvalues, and S C S is symmetric PSD, so one ``eigvalsh`` per call replaces ``sqrtm`` (which
-    takes seconds at D = 2048). Runs in float64 on ``device``."""
+    takes seconds at D = 2048); with fewer samples than dimensions, the same eigenvalues from the n × n
+    Gram matrix instead (cost n·D² rather than D³ per replicate). Runs in float64 on ``device``."""
 
     def __init__(self, f_ref, device="cpu"):
         mu, cov = reference_moments(f_ref)
@@ -98,10 +123,39 @@ class _FDToReference:
     def __call__(self, f: torch.Tensor) -> float:
         mu = f.mean(0)
         fc = f - mu
-        cov = fc.T @ fc / (len(f) - 1)
-        lam = torch.linalg.eigvalsh(self.S @ cov @ self.S).clamp(min=0)
+        n, dim = fc.shape
+        if n < dim:  # fewer samples than dimensions (2,048-d Inception features of a small set): S C S = GᵀG/(n−1)
+            g = fc @ self.S  # with G = F_c S, whose nonzero eigenvalues are those of the n × n matrix G Gᵀ/(n−1)
+            lam = torch.linalg.eigvalsh(g @ g.T / (n - 1)).clamp(min=0)
+            tr_cov = float((fc * fc).sum()) / (n - 1)
+        else:
+            cov = fc.T @ fc / (n - 1)
+            lam = torch.linalg.eigvalsh(self.S @ cov @ self.S).clamp(min=0)
+            tr_cov = float(torch.trace(cov))
         d = mu - self.mu
-        return float(d @ d + torch.trace(cov) + self.tr_ref - 2.0 * lam.sqrt().sum())
+        return float(d @ d + tr_cov + self.tr_ref - 2.0 * lam.sqrt().sum())
+
+
+# From this feature dimension on, the point estimate too uses the eigenvalue identity of _FDToReference:
+# scipy's sqrtm takes about 30 s at D = 2,048 on one CPU core (once per cell and arm at gpu/paper), and the
+# classifier features of ci/cpu (D ≤ 256) keep the sqrtm value they always had.
+EIG_DIM = 512
+_FD_REFS: dict = {}
+
+
+def _fd_to_reference(f_ref, device) -> _FDToReference:
+    """One :class:`_FDToReference` per reference and device (its eigendecomposition is D³: seconds at D = 2,048)."""
+    key = (tuple(id(a) for a in f_ref) if isinstance(f_ref, tuple) else id(f_ref), str(device))
+    if key not in _FD_REFS:
+        _FD_REFS.clear()
+        _FD_REFS[key] = (f_ref, _FDToReference(f_ref, device))  # keep f_ref alive so its id stays its own
+    return _FD_REFS[key][1]
+
+
+def _point_fd(f: np.ndarray, f_ref, fd_ref: _FDToReference) -> float:
+    if f.shape[1] >= EIG_DIM:
+        return fd_ref(torch.from_numpy(f).to(fd_ref.device))
+    return fd_from_features(f, f_ref)
 
 
 def _percentiles(x: np.ndarray, level: float) -> tuple[float, float]:
@@ -135,10 +189,11 @@ def fd_bootstrap(f_gen, f_ref, *, n_boot: int = 200, level: float = 0.95, seed: 
     width (the sampling spread) and centres it on the estimate. Returns value (the FD of all
     features), lo, hi, std (of the bootstrap FDs), bias, n, n_boot, level."""
     f_gen = _as_features(f_gen)
+    f_ref = fd_reference(f_ref)
     f_ref = f_ref if isinstance(f_ref, tuple) else _as_features(f_ref)
-    fd_ref = _FDToReference(f_ref, device)
+    fd_ref = _fd_to_reference(f_ref, device)
     boots = _boot_fds(f_gen, fd_ref, n_boot, np.random.default_rng(seed))
-    value = fd_from_features(f_gen, f_ref)
+    value = _point_fd(f_gen, f_ref, fd_ref)
     bias = float(boots.mean() - value)
     q_lo, q_hi = _percentiles(boots, level)
     return dict(value=value, lo=max(q_lo - bias, 0.0), hi=q_hi - bias, std=float(boots.std(ddof=1)),
@@ -156,15 +211,16 @@ def compare_bootstrap(f_a, f_b, f_ref, *, n_boot: int = 200, level: float = 0.95
     lib.generate produces them) resamples the same indices in both arms, so the interval reflects
     the variation of the *difference* rather than of each arm separately (narrower, still valid)."""
     f_a, f_b = _as_features(f_a), _as_features(f_b)
+    f_ref = fd_reference(f_ref)
     f_ref = f_ref if isinstance(f_ref, tuple) else _as_features(f_ref)
-    fd_ref = _FDToReference(f_ref, device)
+    fd_ref = _fd_to_reference(f_ref, device)
     if paired and len(f_a) != len(f_b):
         raise ValueError(f"paired comparison needs equally many samples per arm, got {len(f_a)} and {len(f_b)}")
     rng_a, rng_b = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     if paired:  # the same generator state for both arms: identical index draws
         rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
     ba, bb = _boot_fds(f_a, fd_ref, n_boot, rng_a), _boot_fds(f_b, fd_ref, n_boot, rng_b)
-    fa, fb = fd_from_features(f_a, f_ref), fd_from_features(f_b, f_ref)
+    fa, fb = _point_fd(f_a, f_ref, fd_ref), _point_fd(f_b, f_ref, fd_ref)
     diff, rel = ba - bb, (ba - bb) / ba
     # Bias-corrected percentile intervals, as in fd_bootstrap: resampling biases both FDs upwards,
     # and the shift re-centres each interval on its full-sample estimate.
@@ -202,7 +258,8 @@ class KIDToReference:
     (0 when both samples come from one distribution), at every n ≥ 2, so it can be negative."""
 
     def __init__(self, f_ref):
-        if isinstance(f_ref, tuple):
+        f_ref = kid_reference(f_ref)
+        if f_ref is None:
             raise ValueError("KID needs the reference *features*, not (μ, Σ): it is only measured where the "
                              "reference features are stored (eval.metric=classifier)")
         self.ref = _as_features(f_ref)
