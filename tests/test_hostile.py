@@ -297,7 +297,7 @@ def p_wi_empty_ckpt(h):
 
 @probe("weights in", "a checkpoint cut in half (a torn download)",
        "refused: one line naming the file as truncated, fetch it again")
-def p_wi_truncated_pt(h, name="ci_run"):
+def p_wi_truncated_pt(h):
     from lib import pretrained
     whole = (h.run() / "final.pt").read_bytes()
     (h.tmp / "model.pt").write_bytes(whole[: len(whole) // 2])
@@ -1241,17 +1241,15 @@ exec(sys.argv.pop(1))  # the code; its arguments are then sys.argv[1:]
 """
 
 
-def interrupt(h, code: str, pause: str, sig, *, argv=(), timeout=120):
+def interrupt(h, code: str, pause: str, sig, *, argv=()):
     """Run ``code`` in a child, send ``sig`` when the paused call is reached; the child's stderr."""
     ready = h.tmp / "READY"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), S2DM_PAUSE=pause, S2DM_READY=str(ready))
     p = subprocess.Popen([sys.executable, "-c", PAUSED, code, *map(str, argv)], cwd=h.tmp, env=env,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        t0 = time.monotonic()
-        while not ready.exists():
+        while not ready.exists():  # the child either reaches the pause or ends
             assert p.poll() is None, f"the child ended before the pause: {p.stderr.read()[-3000:]}"
-            assert time.monotonic() - t0 < timeout, "the child never reached the pause"
             time.sleep(0.05)
         os.killpg(p.pid, sig)
         p.wait(timeout=30)
@@ -1376,9 +1374,8 @@ def interrupted_notebook(h, sig):
     cmd = [sys.executable, str(ROOT / "scripts" / "run_notebook.py"), str(nb), "--profile", "ci", "--root", str(root)]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        t0 = time.monotonic()
-        while not ready.exists():
-            assert p.poll() is None and time.monotonic() - t0 < 180, p.stderr.read()[-3000:] if p.poll() else "slow"
+        while not ready.exists():  # the notebook either reaches its pause cell or ends
+            assert p.poll() is None, f"the notebook ended before its pause: {p.stderr.read()[-3000:]}"
             time.sleep(0.1)
         os.killpg(p.pid, sig)
         p.wait(timeout=30)
