@@ -317,7 +317,7 @@ def load_cifar10(root, *, train: bool = True, download: bool = False) -> tuple[t
         missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DatasetMissing(
-            f"CIFAR-10 not found: the loader looked in {folder.resolve()} and is missing {', '.join(missing)}.\n"
+            f"CIFAR-10 not found: the loader looked in {folder.resolve()} and is missing {', '.join(missing)}. "
             f"Place the python-version batches there (data_batch_1 .. data_batch_5 and test_batch, the folder "
             f"cifar-10-batches-py of {CIFAR10_URL}): either run with network and `--set data.download=true` "
             f"(torchvision.datasets.CIFAR10(root='{folder.parent}', download=True)), or download the tarball "
@@ -377,7 +377,7 @@ def _download_cifar10(folder: Path) -> None:
         torchvision.datasets.CIFAR10(root=str(folder.parent), train=True, download=True)
     except Exception as e:  # a download library's traceback says nothing about where to put the files
         raise DatasetMissing(
-            f"CIFAR-10 download failed ({type(e).__name__}: {e}).\nDownload {CIFAR10_URL} manually and extract "
+            f"CIFAR-10 download failed ({type(e).__name__}: {e}). Download {CIFAR10_URL} manually and extract "
             f"it with `tar -xzf cifar-10-python.tar.gz -C {folder.parent}`, so that {folder}/data_batch_1 .. "
             f"data_batch_5 and test_batch exist.") from None
 
@@ -401,7 +401,7 @@ def celeba_crop(img, size: int = 64) -> np.ndarray:
 
 def _celeba_missing(folder: Path, extra: str = "") -> DatasetMissing:
     return DatasetMissing(
-        f"CelebA not found{extra}: the loader looked for {(folder / 'img_align_celeba').resolve()}/*.jpg.\n"
+        f"CelebA not found{extra}: the loader looked for {(folder / 'img_align_celeba').resolve()}/*.jpg. "
         f"Place the aligned-and-cropped CelebA images there (img_align_celeba.zip, 202,599 JPEGs of 178×218, "
         f"from {CELEBA_URL} -> 'Align&Cropped Images'), unzipped so that {folder}/img_align_celeba/000001.jpg "
         f"exists, and list_eval_partition.txt (same page, 'Eval') at {folder}/list_eval_partition.txt for the "
@@ -490,5 +490,5 @@ def _download_celeba(root: Path, folder: Path) -> None:
 
         torchvision.datasets.CelebA(root=str(root), split="train", download=True)
     except Exception as e:
-        raise DatasetMissing(f"CelebA download failed ({type(e).__name__}: {e}).\n"
+        raise DatasetMissing(f"CelebA download failed ({type(e).__name__}: {e}). "
                              + str(_celeba_missing(folder))) from None

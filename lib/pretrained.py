@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import pickle
 import re
 import sys
 from dataclasses import replace
@@ -162,10 +161,20 @@ def _read(path: Path):
     """``torch.load(weights_only=True)`` after the size bound; refused pickles and unreadable files are
     one message of our own (torch's advice to load with weights_only=False is never the fix here)."""
     _check_archive(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise PretrainedError(f"{path} is empty (0 bytes), not a checkpoint (an interrupted download?): delete it "
+                              "and fetch it again")
+    if head.lstrip()[:1] == b"<":
+        raise PretrainedError(f"{path} is an HTML/XML page, not a checkpoint (a server's error page saved in its "
+                              "place?): delete it and fetch it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
-        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        # torch words every failure of its weights-only unpickler alike; a refused class or function is
+        # "Unsupported global/class", a file that is no pickle at all is "invalid load key" and the like
+        if re.search(r"Unsupported (global|class)|GLOBAL |[Rr]educe", str(e)):
             raise PretrainedError(f"{path} holds Python objects other than tensors and plain containers, which "
                                   "lib.pretrained refuses to unpickle (they could run code); convert it to a "
                                   "state dict (torch.save(model.state_dict(), ...)) in the environment that made "
@@ -213,7 +222,7 @@ def _verified_run(path: Path):
 
     try:
         return rundir.verified_final(path)[0]
-    except (CheckpointError, rundir.RunDirError, ConfigError) as e:
+    except (CheckpointError, rundir.RunDirError, ConfigError, FileNotFoundError) as e:
         raise PretrainedError(str(e)) from None
 
 
@@ -238,7 +247,8 @@ def load_state(source, *, entry: str = "ema", root=None, manifest=None) -> dict:
                               "corrupt or another checkpoint; delete it and fetch it again")
     if path.is_file() and path.name == "final.pt" and (path.parent / "run.json").is_file():
         path = path.parent  # a run's final.pt is served only through the run's final.json check
-    if path.is_dir() and (path / "config.json").is_file() and (path / "final.pt").is_file():  # a lib.train run
+    if path.is_dir() and (path / "config.json").is_file() and ((path / "final.pt").exists()
+                                                               or (path / "run.json").is_file()):  # a lib.train run
         cfg = _verified_run(path).model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)

@@ -18,8 +18,15 @@ if repo is None and importlib.util.find_spec("lib") is None:
             raise SystemExit(f"Could not clone {REPO_URL} ({(r.stderr.strip().splitlines() or ['git failed'])[-1]}). "
                              f"Set the address and run this cell again: os.environ['S2DM_REPO_URL'] = '<git URL>' "
                              f"in a cell above; or upload the repository's folder to {repo} (Files panel).")
+        if not (repo / "lib" / "samplers.py").is_file():
+            subprocess.run(["rm", "-rf", str(repo)])  # the clone just made, so that the next run clones again
+            raise SystemExit(f"{REPO_URL} holds no lib/: it is not this project's repository. Set its address and run "
+                             f"this cell again: os.environ['S2DM_REPO_URL'] = '<git URL>' in a cell above.")
     if os.environ.get("S2DM_NO_INSTALL") != "1":
-        subprocess.run([sys.executable, str(repo / "scripts" / "install_missing.py")], check=True)
+        if subprocess.run([sys.executable, str(repo / "scripts" / "install_missing.py")]).returncode:
+            raise SystemExit("Installing the packages this runtime lacks failed (pip's message is above; no network?). "
+                             "Connect the runtime to the network and run this cell again, or, where the packages are "
+                             "present, set os.environ['S2DM_NO_INSTALL'] = '1' in a cell above.")
         importlib.invalidate_caches()
 if repo is not None and str(repo) not in sys.path:
     sys.path.insert(0, str(repo))

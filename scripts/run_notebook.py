@@ -64,10 +64,14 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False, ov
     root = Path(root).resolve() if root else None  # the kernel runs in notebooks/: hand it an absolute root
     P = paths.Paths(profile, root)
     out_dir = P.published_figures
-    out_dir.mkdir(parents=True, exist_ok=True)
     stage = out_dir / ".staging" / nb.stem
     shutil.rmtree(stage, ignore_errors=True)  # what an earlier failed run of this notebook left
-    stage.mkdir(parents=True)
+    try:
+        stage.mkdir(parents=True)
+    except OSError as e:
+        print(f"FAILED: notebook {nb.name}: the output root {P.base} cannot be written ({e.strerror or e}: "
+              f"{e.filename or out_dir}); pass --root a writable folder", file=sys.stderr)
+        raise SystemExit(1)
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
     os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.infra.progress)
     params = {"profile": profile, "root": str(root) if root else "", "overrides": list(overrides)}

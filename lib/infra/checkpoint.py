@@ -145,7 +145,8 @@ def safe_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for torn zip archives
-        if "weights_only" in str(e):  # a refused pickle: torch's advice (weights_only=False) is never the fix
+        if re.search(r"Unsupported (global|class)|GLOBAL |[Rr]educe", str(e)):  # a refused pickle: torch's advice
+            # (weights_only=False) is never the fix; an HTML page or garbage is "unreadable", below
             raise CheckpointError(f"checkpoint {path} holds Python objects other than tensors and plain containers, "
                                   f"which are not unpickled (they could run code): it was not written by this "
                                   f"project. Delete it (an earlier checkpoint is used), or train again.") from None

@@ -78,6 +78,20 @@ def download(url: str, dest: Path, md5: str | None, kind: str | None = None, min
     return dest
 
 
+def _hub_folder_in_place(dest: Path) -> bool:
+    """A hub folder already fetched: a config.json that is a JSON object, and a weights file that is neither
+    empty nor an HTML page (what an earlier, failed fetch or a server's error page may have left)."""
+    import json
+
+    try:
+        if not isinstance(json.loads((dest / "config.json").read_text()), dict):
+            return False
+    except (OSError, ValueError):
+        return False
+    weights = [p for p in dest.glob("*.safetensors") if p.is_file()] + [p for p in dest.glob("*.bin") if p.is_file()]
+    return any(download_problem(p, None, 1) is None for p in weights)
+
+
 def hub_folder(repo: str, dest: Path, what: str) -> Path:
     """The Hugging Face hub repository ``repo`` (its config and weights) downloaded into ``dest`` unless
     ``dest/config.json`` is there already; ``what`` names it in the messages."""
@@ -86,7 +100,7 @@ def hub_folder(repo: str, dest: Path, what: str) -> Path:
     except ImportError:
         raise DownloadFailed(f"fetching {what} needs huggingface_hub (pip install huggingface_hub), or download "
                              f"the folder {repo} by hand into {dest}") from None
-    if not (dest / "config.json").is_file():
+    if not _hub_folder_in_place(dest):
         try:
             snapshot_download(repo, local_dir=str(dest), allow_patterns=["config.json", "*.safetensors", "*.json"])
         except Exception as err:  # no network, unknown repository, hub errors: one line

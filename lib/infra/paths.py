@@ -50,13 +50,19 @@ class Paths:
         p = self.published_figures
         if os.environ.get(STAGE_DIR) and os.environ.get(STAGE_FOR) == str(p.resolve()):
             p = Path(os.environ[STAGE_DIR])
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return self._made(p)
 
     @property
     def runs(self) -> Path:
-        p = self.base / "data" / "runs" / self.profile
-        p.mkdir(parents=True, exist_ok=True)
+        return self._made(self.base / "data" / "runs" / self.profile)
+
+    def _made(self, p: Path) -> Path:
+        """``p``, created; an output root that cannot take it (a file, read-only, no permission) is one line."""
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"the output root {self.base} cannot be written ({e.strerror or e}: {e.filename or p}); "
+                             f"pass -p root a writable folder, or leave it empty for the repository") from None
         return p
 
     def run(self, name: str) -> Path:

@@ -122,6 +122,9 @@ def read_json(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if Path(path).name == "final.json":  # derived from the run's last checkpoint: rebuilt, nothing lost
+            raise RunDirError(f"{path} is not valid JSON ({e}): delete it, and the run's training command rebuilds "
+                              f"it and final.pt from the last checkpoint") from None
         raise RunDirError(f"{path} is not valid JSON ({e}): restore it, or delete {Path(path).parent} to train "
                           f"the run again") from None
 
@@ -233,8 +236,17 @@ def mismatch(state: dict, path: Path, cfg: Config, arm: str, code: dict) -> list
 
 
 # ---------------------------------------------------------------------------- final.pt
+def vanished(out: Path) -> RunDirError:
+    """The run folder (or its config.json/run.json) was deleted while its training ran."""
+    return RunDirError(f"the run folder {out} was deleted (or emptied) while it trained, so nothing written "
+                       f"there is a run's result: run the same command again to train it anew")
+
+
 def write_final(out: Path, ema_state: dict, step: int, cfg: Config, arm: str, code: dict) -> Path:
-    """``final.pt`` (the EMA state dict), read back to verify it, then ``final.json`` naming its sha256."""
+    """``final.pt`` (the EMA state dict), read back to verify it, then ``final.json`` naming its sha256;
+    refused (:func:`vanished`) when the folder lost its config.json or run.json while training ran."""
+    if not ((out / "config.json").is_file() and (out / "run.json").is_file()):
+        raise vanished(out)
     final = ckpt.atomic_save(ema_state, out / "final.pt")
     ckpt.safe_load(final)  # a torn write is caught here, not by a later reader
     ckpt.atomic_write_text(out / "final.json", json.dumps({
@@ -266,6 +278,9 @@ def verified_final(run_dir) -> tuple[Config, Path]:
     """``(config, final.pt)`` of a finished run, after the final.json check (:func:`final_problem`):
     the one gate every reader of a run's weights passes (lib.generate, lib.pretrained, notebook 08)."""
     run_dir = Path(run_dir)
+    if (run_dir / "final.pt").exists() and not (run_dir / "final.pt").is_file():
+        raise ckpt.CheckpointError(f"{run_dir / 'final.pt'} is not a file (a directory?): remove it and run the "
+                                   f"run's training command again (it rebuilds final.pt from its last checkpoint)")
     if not (run_dir / "final.pt").exists() or not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (need config.json and final.pt); "
                                 f"train it first (python -m lib.train ... --out {run_dir}, or notebook 03_train)")

@@ -27,6 +27,9 @@ def log_path(run_dir) -> Path:
 def append_row(run_dir, row: dict) -> None:
     """Append one row (floats with 6 significant digits); the header first in a new log."""
     path = log_path(run_dir)
+    if not path.parent.is_dir():
+        from lib.infra.rundir import vanished
+        raise vanished(path.parent)
     new = not path.exists()
     with open(path, "a") as f:
         if new:
@@ -39,8 +42,11 @@ def truncate(run_dir, upto: int) -> None:
     path = log_path(run_dir)
     if not path.exists():
         return
-    # a torn last row (killed mid-append) or a foreign row is dropped
-    rows = [r for r in _rows(run_dir) if row_ok(r) and int(float(r["step"])) <= upto]
+    # a torn last row (killed mid-append) or a foreign row is dropped; an unparsable file keeps no row
+    try:
+        rows = [r for r in _rows(run_dir) if row_ok(r) and int(float(r["step"])) <= upto]
+    except (csv.Error, ValueError):
+        rows = []
     atomic_write_text(path, ",".join(LOG_FIELDS) + "\n" + "".join(
         ",".join(r[k] for k in LOG_FIELDS) + "\n" for r in rows))
 
@@ -61,20 +67,22 @@ class LogError(ValueError):
 
 def read_log(run_dir) -> dict[str, list[float]]:
     """``loss.csv`` of a run directory as columns of floats (every name of :data:`LOG_FIELDS`)."""
-    rows = _rows(run_dir)
     try:
+        rows = _rows(run_dir)
         return {k: [float(r[k]) for r in rows] for k in LOG_FIELDS}
-    except (KeyError, TypeError, ValueError) as e:  # a torn or edited log: one line naming it
+    except (KeyError, TypeError, ValueError, csv.Error) as e:  # a torn, edited or garbage log: one line naming it
         raise LogError(f"{log_path(run_dir)} is torn or not this project's log ({type(e).__name__}: {e}); run the "
                        f"training command again (it rewrites the log from its checkpoints' steps)") from None
 
 
 def _rows(run_dir) -> list[dict]:
     """The rows as strings, in today's columns (an older log's CDM term moved to ``consistency``)."""
-    with open(log_path(run_dir)) as f:
+    with open(log_path(run_dir), errors="replace") as f:  # garbage bytes: rows that row_ok drops, not a crash
         reader = csv.DictReader(f)
         rows = list(reader)
         fields = reader.fieldnames or []
+    if not set(LOG_FIELDS) - {"consistency"} <= set(fields):
+        raise ValueError(f"its header is not this project's ({','.join(fields)[:60]!r})")
     if "consistency" not in fields:
         try:
             arm = json.loads((Path(run_dir) / "run.json").read_text()).get("arm")
