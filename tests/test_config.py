@@ -100,3 +100,15 @@ def test_every_profile_number_is_a_plain_setting_in_lib_infra_profiles():
             section, field = key.split(".")
             assert not callable(value) and getattr(getattr(cfg, section), field) == value, (name, key)
     assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILES)
+
+
+def test_cuda_profiles_never_fan_out_processes_onto_one_gpu():
+    """At gpu/paper every worker process would train or sample on cuda:0: the experiment runs its steps one at
+    a time (experiment.workers 1), and paper's runs spread over the GPUs through torchrun (train.nproc 0)."""
+    from lib.infra import processes
+
+    for name in ("gpu", "paper"):
+        cfg = get_config(name)
+        assert cfg.train.device == "cuda" and processes.n_workers(cfg.experiment.workers, 100) == 1, name
+    assert get_config("paper").train.nproc == 0 and get_config("gpu").train.nproc == 1
+    assert toy_config(get_config("paper")).train.nproc == 1  # the 2-D toy stays one process

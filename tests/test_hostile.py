@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CI_SETS = ["train.steps=2", "train.ckpt_every=1", "train.log_every=1"]
 SURFACES = ("weights in", "weights out", "caches and provenance", "roots and disks", "fetch",
-            "configuration and CLIs", "interruption", "first cell")
+            "preflight and rehearsal", "configuration and CLIs", "interruption", "first cell")
 
 
 # ============================================================================ the probe list
@@ -1132,6 +1132,113 @@ def p_fe_cifar_download_offline(h):
                         "--set", "train.device=cpu", "--set", f"data.root={h.tmp / 'data'}", "--set", "data.download=true")
     assert rc == 2
     error_line(err, "CIFAR-10", "tar -xzf")
+
+
+# ============================================================================ preflight and rehearsal
+def preflight_main():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import preflight
+    return preflight.main
+
+
+def rehearse_main():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import rehearse
+    return rehearse.main
+
+
+def bare(h):
+    """No clean-fid files where this process looks for them, no data under h.tmp."""
+    from lib.measure import fid
+    h.mp.setattr(fid, "INCEPTION_DIR", str(h.tmp / "no-incep"))
+    h.mp.setattr(fid, "STATS_DIR", str(h.tmp / "no-stats"))
+
+
+def rehearsal_fixtures(h, stats=True):
+    """The rehearsal's fixtures under h.tmp (its CIFAR-10 batches, stand-in statistics, ema_cifar10) and its manifest."""
+    from lib.experiment import fixtures
+    from lib.infra import profiles
+    from lib.infra.config import get_config
+    over = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in profiles.REHEARSAL_SIZES.items()]
+    over += ["train.device=cpu", f"data.root={h.tmp / 'data'}"]
+    return fixtures.make(h.tmp, "gpu", get_config("gpu", over), over, {"steps": (3,), "n_samples": 4, "finetune_steps": 1}), over
+
+
+@probe("preflight and rehearsal", "`scripts/preflight.py --profile gpu` on a bare checkout (no data, no clean-fid files)",
+       "exit 1 within seconds: one MISSING line each for CIFAR-10, the Inception weights and statistics, ema_cifar10, "
+       "each naming where it goes and make fetch")
+def p_pf_bare(h):
+    bare(h)
+    rc, out, err = h.call(preflight_main(), "--profile", "gpu", "--root", h.tmp, "--set", f"data.root={h.tmp / 'data'}")
+    assert rc == 1 and "Traceback" not in out + err and "make fetch PROFILE=gpu" in err
+    missing = [ln for ln in out.splitlines() if "MISSING" in ln]
+    for what in ("CIFAR-10", "inception-2015-12-05.pt", "cifar10_legacy_tensorflow_train_32.npz", "ema_cifar10"):
+        assert sum(what in ln and "make fetch" in ln for ln in missing) >= 1, (what, missing)
+
+
+@probe("preflight and rehearsal", "`scripts/preflight.py` with an unknown profile or key",
+       "exit 1, one line naming the valid profiles or keys")
+def p_pf_unknown(h):
+    for args, needle in ((["--profile", "gpux"], "valid profiles"), (["--profile", "gpu", "--set", "train.stepz=1"], "valid keys")):
+        rc, out, err = h.call(preflight_main(), *args)
+        assert rc == 1
+        one_line(out, needle)
+
+
+@probe("preflight and rehearsal", "the rehearsal's random `ema_cifar10` placed where the real one goes, read by a normal run",
+       "refused by its MD5 (the published one); only a run naming the manifest (experiment.rehearsal) accepts it")
+def p_pf_fixture_ckpt_normal_run(h):
+    from lib import pretrained
+    from lib.infra import rehearsal
+    manifest, _ = rehearsal_fixtures(h)
+    h.refused(PE(), lambda: pretrained.load_state("ema_cifar10", root=h.tmp), "1fa350b952534ae442b1d5235cce5cd3",
+              "fetch it again")
+    assert pretrained.load_state("ema_cifar10", root=h.tmp, manifest=rehearsal.load(manifest))["groups"] == 32
+
+
+@probe("preflight and rehearsal", "`experiment.rehearsal` naming a missing, garbage or foreign manifest",
+       "one line naming the file and scripts/rehearse.py; nothing is read from it")
+def p_pf_bad_manifest(h):
+    from lib.infra import rehearsal
+    from lib.infra.config import ConfigError, get_config
+    for name, text in (("none.json", None), ("torn.json", '{"kind": "s2dm-rehe'), ("foreign.json", '{"kind": "x"}'),
+                       ("pickle.json", pickle.dumps(h.payload()))):
+        p = h.tmp / name
+        if text is not None:
+            p.write_bytes(text if isinstance(text, bytes) else text.encode())
+        h.refused(ConfigError, lambda: rehearsal.of(get_config("gpu", [f"experiment.rehearsal={p}"])), str(p),
+                  "scripts/rehearse.py")
+
+
+@probe("preflight and rehearsal", "a rehearsal fixture (the stand-in statistics) changed after its manifest was written",
+       "refused by its checksum in one line: run scripts/rehearse.py again")
+def p_pf_fixture_changed(h):
+    from lib.infra import rehearsal
+    from lib.measure import fid
+    manifest, _ = rehearsal_fixtures(h)
+    m = rehearsal.load(manifest)
+    stats = Path(next(iter(m.stats.values()))["path"])
+    stats.write_bytes(stats.read_bytes()[:-8] + b"\0" * 8)
+    h.refused(rehearsal.ManifestError, lambda: fid.reference_stats(manifest=m), str(stats), "changed",
+              "scripts/rehearse.py")
+
+
+@probe("preflight and rehearsal", "`scripts/rehearse.py` with the repository as its root, or a profile other than gpu/paper",
+       "exit 2, one line: a rehearsal never writes into the repository's figures/ or data/runs/")
+def p_pf_rehearse_root(h):
+    for args, needle in ((["--profile", "gpu", "--root", ROOT], "repository itself"), (["--profile", "cpu"], "gpu or paper")):
+        rc, _, err = h.call(rehearse_main(), *args)
+        assert rc == 2
+        error_line(err, needle)
+
+
+@probe("preflight and rehearsal", "the preflight of the rehearsal on its own fixtures",
+       "ready: every file found through the manifest, the plan printed, no CUDA asked for on a CPU")
+def p_pf_rehearsal_ready(h):
+    manifest, over = rehearsal_fixtures(h)
+    rc, out, err = h.call(preflight_main(), "--profile", "gpu", "--root", h.tmp,
+                          *[a for o in (*over, f"experiment.rehearsal={manifest}") for a in ("--set", o)])
+    assert rc == 0 and "MISSING" not in out and "plan:" in out and "(rehearsal)" in out, out + err
 
 
 # ============================================================================ configuration and CLIs
