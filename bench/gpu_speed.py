@@ -57,7 +57,7 @@ from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss, sample_t  # noqa: E402
 from lib.infra.runlog import read_log  # noqa: E402
-from lib.train import make_loss  # noqa: E402
+from lib.recipe import make_loss  # noqa: E402
 
 SECTIONS = ("environment", "training", "sampling", "end_to_end")
 BUDGET_S = {"environment": 15, "training": 200, "sampling": 45, "end_to_end": 120}  # 380 s

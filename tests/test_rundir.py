@@ -139,16 +139,18 @@ def test_a_torn_final_is_rebuilt_not_returned(tmp_path):
 
 # ---------------------------------------------------------------------------- 4. runs do not outlive their code
 def test_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tmp_path, monkeypatch):
+    from lib import recipe
+
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
-    real = rundir.code_fingerprint
+    real = recipe.recipe_fingerprint
 
-    def edited(modules):  # as if lib/losses.py had been changed since
-        return {k: (v + "-edited" if k == "lib/losses.py" else v) for k, v in real(modules).items()}
-    monkeypatch.setattr(rundir, "code_fingerprint", edited)
-    with pytest.warns(UserWarning, match=r"training code changed since it was trained \(lib/losses.py\)"):
+    def edited(roots, exclude=()):  # as if the S²-DM loss had been changed since
+        return {k: (v + "-edited" if k == "s2dm_loss" else v) for k, v in real(roots, exclude).items()}
+    monkeypatch.setattr(recipe, "recipe_fingerprint", edited)
+    with pytest.warns(UserWarning, match=r"training code changed since it was trained \(s2dm_loss\)"):
         T.train(cfg, "s2dm", tmp_path, progress=False)
-    assert json.loads((tmp_path / "final.json").read_text())["code"]["lib/losses.py"].endswith("-edited")
+    assert json.loads((tmp_path / "final.json").read_text())["code"]["s2dm_loss"].endswith("-edited")
     old = list((tmp_path / "superseded").glob("*/final.pt"))
     assert len(old) == 1 and (old[0].parent / "run.json").exists()  # kept, not deleted
     mtime = (tmp_path / "final.pt").stat().st_mtime_ns
@@ -156,14 +158,14 @@ def test_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tm
     assert (tmp_path / "final.pt").stat().st_mtime_ns == mtime
 
 
-def test_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
+def test_the_file_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
+    from lib.infra import fingerprint
+
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
     b.write_text('"""Other doc."""\n# a comment\ndef f(x):\n\n    return x + 1  # why\n')
     c.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 2\n')
-    assert rundir._tree_hash(a) == rundir._tree_hash(b) != rundir._tree_hash(c)
-    assert set(T.training_code("mlp", "cdm")) >= {"lib/losses.py", "lib/train.py", "lib/mlp.py", "lib/related/cdm.py"}
-    assert "lib/related/cdm.py" not in T.training_code("unet", "s2dm") and "lib/infra/config.py" not in T.training_code("unet", "s2dm")
+    assert fingerprint._tree_hash(a) == fingerprint._tree_hash(b) != fingerprint._tree_hash(c)
 
 
 def test_a_changed_profile_definition_retrains_but_other_overrides_are_refused(tmp_path, monkeypatch):

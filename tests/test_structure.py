@@ -19,7 +19,7 @@ LAYERS = {"infra": 0, "paper": 1, "related": 2, "measure": 2, "experiment": 3}
 # Where the paper's code dispatches to a neighbour by name: the sampler registry lists the neighbouring
 # samplers beside its own, and the training loop's loss dispatch trains the CDM arm. Nothing else.
 REGISTRIES = {("lib.samplers", "lib.related.restart"), ("lib.samplers", "lib.related.timeshift"),
-              ("lib.train", "lib.related.cdm")}
+              ("lib.recipe", "lib.related.cdm")}
 # The method's own foundations: they must never depend on a neighbouring method (lib.related).
 FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.transfer", "lib.analytic",
                "lib.factory", "lib.measure.metrics", "lib.measure.classifier", "lib.measure.toymetrics",

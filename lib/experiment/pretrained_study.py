@@ -23,7 +23,8 @@ from lib.infra import config
 from lib.infra.profiles import NOTEBOOK_08, NotebookPlan
 from lib.infra.runlog import read_log
 from lib.related import epsscale, skiptuning
-from lib.train import PAPER_ARMS, train
+from lib.recipe import PAPER_ARMS
+from lib.train import train
 
 
 def plan_for(profile: str) -> NotebookPlan:

@@ -30,7 +30,7 @@ from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
 from lib.experiment.steptime import seconds_per_step
 from lib.infra.runlog import read_log
-from lib.train import ARMS  # the paper's two arms and the CDM arm
+from lib.recipe import ARMS  # the paper's two arms and the CDM arm
 from lib.experiment.workers import call_in_workers
 
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
@@ -122,7 +122,7 @@ def step_flops(cfg: Config, arm: str) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lib import data
-    from lib.train import EMA, make_loss, train_step
+    from lib.recipe import EMA, make_loss, train_step
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)

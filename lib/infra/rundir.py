@@ -12,16 +12,14 @@
     DIR/superseded/    earlier runs of DIR made by other code or another profile definition, moved
                        aside (never deleted) before DIR is trained again
 
-The code fingerprint hashes the modules a training run executes, as syntax trees without docstrings
-(comments, docstrings and formatting do not count). config.py and profiles.py are not among them: a
-run records its configuration's values, which is what those modules contribute.
+The code fingerprint is lib.recipe.training_code: the functions and classes a training step executes,
+as normalised syntax trees (lib.infra.fingerprint; comments, docstrings, messages and the runner do not
+count). The configuration is compared by its values, which is what config.py and profiles.py contribute.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -75,22 +73,7 @@ def claim(out: Path):
         os.close(fd)  # releases the lock
 
 
-# ---------------------------------------------------------------------------- fingerprints
-def _tree_hash(path: Path) -> str:
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
-
-
-def code_fingerprint(modules) -> dict:
-    """``{"lib/<module>.py": hash}`` of the given repository-relative source files."""
-    return {m: _tree_hash(ROOT / m) for m in sorted(modules)}
-
-
+# ---------------------------------------------------------------------------- configurations
 def trajectory_diff(old: dict, new: dict) -> list[str]:
     """The ``section.key`` names whose values differ between two config dicts (JSON lists and tuples
     alike), resumable keys aside."""
@@ -149,7 +132,8 @@ def check_reusable(out: Path, cfg: Config, arm: str, code: dict) -> str | None:
     if run is not None and run.get("code") != code:
         old = run.get("code") or {}
         changed = sorted(k for k in set(old) | set(code) if old.get(k) != code.get(k))
-        return f"the training code changed since it was trained ({', '.join(changed)})"
+        named = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        return f"the training code changed since it was trained ({named})"
     if run is None and ((out / "final.pt").exists() or (out / "config.json").exists()):
         return "it has no run.json, so the code that trained it is unknown"
     return None
