@@ -307,7 +307,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as e:
-        if type(e).__module__ == "lib.pretrained":  # PretrainedError / PretrainedMissing: already one line
+        if type(e).__module__.startswith("lib.pretrained"):  # PretrainedError / PretrainedMissing: already one line
             print(f"error: {e}", file=sys.stderr)
             return 2
         if not isinstance(e, OSError):

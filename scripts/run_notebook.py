@@ -82,7 +82,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
         print(f"FAILED: notebook {nb.name} at profile {profile} ({msg[-1] if msg else type(e).__name__}); "
               f"the partial run is {partial}; its tables and figures were not published (they are in {stage})",
               file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         for k in (paths.STAGE_FOR, paths.STAGE_DIR):
             os.environ.pop(k, None)
@@ -105,7 +105,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
         print(f"FAILED: notebook {nb.name} ran, but its HTML export failed ({type(e).__name__}: "
               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); run it again (make does), or leave "
               f"out --html; the executed run is {partial}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     os.replace(partial, final)
     paths.write_notebook_marker(P, nb.stem, t0 - 2)  # 2 s: coarse file-system clocks
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)

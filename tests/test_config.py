@@ -94,9 +94,9 @@ def test_every_profile_number_is_a_plain_setting_in_lib_infra_profiles():
     """A profile is data (section.key -> literal) over the schema's defaults; get_config builds exactly it."""
     from lib.infra import profiles
 
-    for name, settings in profiles.PROFILES.items():
+    for name, settings in profiles.PROFILE_SETTINGS.items():
         cfg = get_config(name)
         for key, value in settings.items():
             section, field = key.split(".")
             assert not callable(value) and getattr(getattr(cfg, section), field) == value, (name, key)
-    assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILES)
+    assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILE_SETTINGS)

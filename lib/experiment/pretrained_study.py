@@ -108,7 +108,7 @@ def finetune_comparisons(ev, paths, cfg, models: dict, schedule, steps) -> list[
     implied = epsscale.implied_s2dm(schedule, cfg.loss.skip, cfg.loss.tau)
     rows = []
     for S in steps:
-        for arm, label, eps_model in (("baseline", "ft-baseline", models["baseline"]), ("s2dm", "ft-s2dm", models["s2dm"]),
+        for _arm, label, eps_model in (("baseline", "ft-baseline", models["baseline"]), ("s2dm", "ft-s2dm", models["s2dm"]),
                                       ("baseline", "ft-baseline+implied", epsscale.EpsScaled(models["baseline"], implied))):
             image_cell(ev, eps_model, cfg, label, "ddim", S, progress=False)
         for a, b, what in FINETUNE_PAIRS:

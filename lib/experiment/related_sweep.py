@@ -110,7 +110,7 @@ def train_cdm(plan: Plan, paths: Paths, progress: bool = True) -> None:
     for key, job in runs.toy_jobs(cfg_toy_ft, paths, ("baseline",)).items():
         for arm, name in (("cdm", "cdm"), ("baseline", "baseline-ft")):
             jobs["toy", name, key[1]] = runs.Job(job.cfg, arm, runs.toy_run(paths, name, key[1]), toy=True)
-    for (kind, name, s), job in jobs.items():  # copy the baseline's final checkpoint where none is there yet
+    for (kind, _name, s), job in jobs.items():  # copy the baseline's final checkpoint where none is there yet
         src = runs.image_run(paths, "baseline", s) if kind == "images" else runs.toy_run(paths, "baseline", s)
         rundir.seed(src, job.out)
     runs.train_parallel(jobs, x.workers, progress)

@@ -179,10 +179,10 @@ class Config:
 def _profile(name: str) -> Config:
     """The named profile: the schema's defaults (the paper's recipe) with the profile's settings
     (lib.infra.profiles, every number side by side)."""
-    return with_overrides(Config(profile=name), _profiles.PROFILES[name])
+    return with_overrides(Config(profile=name), _profiles.PROFILE_SETTINGS[name])
 
 
-PROFILES = {name: functools.partial(_profile, name) for name in _profiles.PROFILES}
+PROFILES = {name: functools.partial(_profile, name) for name in _profiles.PROFILE_SETTINGS}
 
 
 # ---------------------------------------------------------------------------- parsing and types
@@ -269,12 +269,12 @@ def validate(cfg: Config) -> Config:
         for f, typ in get_type_hints(type(sec)).items():
             _typed(getattr(sec, f), typ, f"{name}.{f}")
 
-    d, l, t, s, m, e = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval
+    d, lo, t, s, m, e = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval
     need(d.T >= 2, f"diffusion.T must be >= 2, got {d.T}")
     need(0 < d.beta_start <= d.beta_end < 1, "diffusion: need 0 < beta_start <= beta_end < 1")
-    need(1 <= l.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {l.skip}")
-    need(0.0 <= l.tau <= 1.0, f"loss.tau must lie in [0, 1], got {l.tau}")
-    need(l.cdm_lambda >= 0 and l.cdm_steps >= 1 and l.cdm_dsigma > 0, "loss.cdm_*: need lambda >= 0, steps >= 1, dsigma > 0")
+    need(1 <= lo.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {lo.skip}")
+    need(0.0 <= lo.tau <= 1.0, f"loss.tau must lie in [0, 1], got {lo.tau}")
+    need(lo.cdm_lambda >= 0 and lo.cdm_steps >= 1 and lo.cdm_dsigma > 0, "loss.cdm_*: need lambda >= 0, steps >= 1, dsigma > 0")
     for k in ("steps", "batch_size", "ckpt_every", "keep_ckpts", "log_every"):
         need(getattr(t, k) >= 1, f"train.{k} must be a positive integer, got {getattr(t, k)}")
     need(t.lr > 0 and t.warmup >= 0, f"train.lr must be > 0 and train.warmup >= 0, got {t.lr} and {t.warmup}")

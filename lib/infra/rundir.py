@@ -29,7 +29,6 @@ from pathlib import Path
 
 from lib.infra import checkpoint as ckpt
 from lib.infra.config import PROFILES, Config, ConfigError, from_dict, load_json, toy_config
-from lib.infra.paths import ROOT
 
 try:
     import fcntl

@@ -1,0 +1,114 @@
+"""Export (``python -m lib.pretrained export RUN_DIR OUT_DIR``, :func:`export_run`): a lib.train run's EMA
+weights as ``OUT_DIR/config.json`` + ``diffusion_pytorch_model.safetensors`` and ``scheduler_config.json``
+(a ``DDIMScheduler`` on the run's linear-β schedule, docs/method.md §1), loaded back with
+``UNet2DModel.from_pretrained`` and compared with the run's ε (float32, CPU): the export states its own
+max |Δε|. Its names come from running the import rule (lib.pretrained.diffusers_format) on the diffusers
+model's own parameter names, so import and export cannot drift. A run ``UNet2DModel`` cannot compute
+exactly is refused (:class:`ExportError`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lib.infra.config import load_json
+from lib.pretrained.diffusers_format import FIXED, diffusers_to_ours
+
+# ---------------------------------------------------------------------------- export
+TOLERANCE = 1e-5  # max |Δε| accepted between the run's model and the exported one (float32, CPU)
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported: the message names the run and the reason."""
+
+
+def diffusers_config(cfg, groups: int) -> dict:
+    """The UNet2DModel configuration that computes lib.unet.UNet(cfg) with ``groups`` GroupNorm groups."""
+    L = len(cfg.ch_mult)
+    attn = [cfg.resolution // 2 ** i in cfg.attn_resolutions for i in range(L)]
+    return dict(
+        sample_size=cfg.resolution, in_channels=cfg.in_channels, out_channels=cfg.out_ch,
+        block_out_channels=[cfg.ch * m for m in cfg.ch_mult], layers_per_block=cfg.num_res_blocks,
+        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        norm_num_groups=groups, norm_eps=1e-6, dropout=float(cfg.dropout), attention_head_dim=None,
+        **FIXED)
+
+
+def _groups(model) -> int:
+    """The one GroupNorm group count of ``model``; UNet2DModel has a single ``norm_num_groups``."""
+    found = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    if len(found) != 1:
+        widths = sorted({m.num_channels for m in model.modules() if isinstance(m, torch.nn.GroupNorm)})
+        raise ExportError(f"its GroupNorms use {sorted(found)} groups (this project's rule gives widths {widths} "
+                          "different counts), but diffusers' UNet2DModel uses one norm_num_groups for every layer; "
+                          "a run whose widths are all ≥ 128 (32 groups each, as at profile gpu) can be exported")
+    return found.pop()
+
+
+def _ours_to_diffusers(ours: dict, dmodel, levels: int) -> dict:
+    """Our state dict in the diffusers model's names and shapes (1×1 convs → Linear for attention)."""
+    out, theirs, used = {}, dmodel.state_dict(), set()
+    for k, v in theirs.items():
+        name = next(iter(diffusers_to_ours({k: v}, levels)))  # the import rule, run backwards
+        out[k] = ours[name].reshape(v.shape).to(v.dtype)
+        used.add(name)
+    unused = set(ours) - used
+    if unused:
+        raise ExportError(f"{len(unused)} parameter(s) have no place in UNet2DModel, e.g. {sorted(unused)[:3]}")
+    return out
+
+
+def export_run(run_dir, out_dir, *, load, seed: int = 0) -> dict:
+    """Write ``run_dir``'s EMA weights as a diffusers folder ``out_dir``; returns ``{"out", "max_abs_diff"}``.
+
+    ``load(run_dir)`` gives the run's EMA UNet (lib.pretrained.load_unet, passed in: lib.pretrained
+    imports this module).
+
+    Raises :class:`ExportError` for a run diffusers cannot represent, or when the reloaded model's ε
+    differs from the run's by more than :data:`TOLERANCE`."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not ((run_dir / "config.json").is_file() and (run_dir / "final.pt").is_file()):
+        raise ExportError(f"{run_dir} is not a finished lib.train run (needs config.json and final.pt): train it "
+                          "to the end first, or give the run's folder")
+    full = load_json(run_dir / "config.json")
+    cfg = full.model
+    if cfg.kind != "unet":
+        raise ExportError(f"{run_dir}: model.kind is {cfg.kind!r}; only UNet runs map onto diffusers' UNet2DModel")
+    if not cfg.resamp_with_conv:
+        raise ExportError(f"{run_dir}: model.resamp_with_conv is false; UNet2DModel's resamplers are convolutions")
+    try:
+        from diffusers import DDIMScheduler, UNet2DModel
+    except ImportError:
+        raise ExportError("exporting needs diffusers (it is in requirements.txt: make venv)") from None
+    model, _ = load(run_dir)
+    try:
+        groups = _groups(model)
+    except ExportError as e:
+        raise ExportError(f"{run_dir}: {e}") from None
+    dcfg = diffusers_config(cfg, groups)
+    dmodel = UNet2DModel(**dcfg)
+    dmodel.load_state_dict(_ours_to_diffusers(model.state_dict(), dmodel, len(cfg.ch_mult)), strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dmodel.save_pretrained(str(out_dir), safe_serialization=True)
+    d = full.diffusion
+    DDIMScheduler(num_train_timesteps=d.T, beta_start=d.beta_start, beta_end=d.beta_end,
+                  beta_schedule="linear").save_pretrained(str(out_dir))
+    diff = max_eps_difference(model, UNet2DModel.from_pretrained(str(out_dir), low_cpu_mem_usage=False).eval(), cfg, d.T, seed=seed)
+    (out_dir / "export.json").write_text(json.dumps({"run": run_dir.name, "max_abs_eps_diff": diff}, indent=1) + "\n")
+    if diff > TOLERANCE:
+        raise ExportError(f"{out_dir}: the exported model's ε differs from the run's by {diff:.3g} > {TOLERANCE}")
+    return {"out": out_dir, "max_abs_diff": diff}
+
+
+@torch.no_grad()
+def max_eps_difference(ours, theirs, cfg, T: int, *, seed: int = 0, n: int = 8) -> float:
+    """max |ε_ours(x, t) − ε_diffusers(x, t)| over ``n`` Gaussian inputs at timesteps spread over [0, T)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g)
+    t = torch.linspace(0, T - 1, n).round().long()
+    a = ours.float().eval()(x, t)
+    b = theirs.float()(x, t).sample
+    return float((a - b).abs().max())
