@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.experiment import compare, published, runs
-
 from lib import generate, samplers
-
+from lib.experiment import compare, published, runs
 from lib.infra import processes, rundir
 from lib.infra.config import Config, with_overrides
 from lib.experiment.evaluate import ImageEvaluator, image_cell
@@ -357,16 +355,6 @@ class Cells:
         return out
 
 
-COMPARISON_COLUMNS = ("comparison", "a", "b", "steps", "a − b", "lo", "hi", "rel %", "excludes 0", "n_seeds",
-                      "boot lo", "boot hi")
-
-
-def comparison_columns(metric: str) -> list[str]:
-    """The columns of 06's comparison tables (the per-seed list stays out of the files)."""
-    c = list(COMPARISON_COLUMNS)
-    return c[:4] + [f"{metric} a", f"{metric} b"] + c[4:]
-
-
 # ---------------------------------------------------------------------------- the toy
 def toy_cells(plan: Plan, paths: Paths) -> list[dict]:
     """DDIM on every toy arm, Time-Shift and Restart on the three models, and the implied ε scaling on
@@ -409,26 +397,3 @@ def phase_job(config: dict, profile: str, root: str, phase: str, seed: int, rho,
         cells.lam = getattr(epsscale, lam.pop("type"))(**lam)
     cells._phase(phase, seed)
     return cells.rows
-
-
-def reductions(model, cfg: Config, S: int, grid) -> dict:
-    """Each neighbour at its trivial setting against its baseline sampler on ``model``, 8 samples of
-    the profile's shape: {check: bit-identical}. Time-Shift with cutoff T is DDIM, TS-PNDM with
-    window 0 is PNDM, Restart with k = 0 is Heun, Skip-Tuning with ρ = 1 and a constant ε scaling
-    λ = 1 are the plain DDIM; Skip-Tuning leaves no hook behind."""
-    sch = schedule_of(cfg)
-    xT = generate.initial_noise((cfg.model.in_channels, cfg.model.resolution, cfg.model.resolution), 0, 8,
-                                cfg.sample.seed)
-
-    def run(m, method, **kw):  # the stochastic samplers draw from one generator seed on both sides
-        return samplers.sample(m, xT, sch, S, method, profile_grid=grid, generator=torch.Generator().manual_seed(0), **kw)
-    out = {f"{a} {kw} = {b}": torch.equal(run(model, a, **kw), run(model, b))
-           for a, kw, b in (("ts-ddim", dict(cutoff=cfg.diffusion.T), "ddim"), ("ts-pndm", dict(window=0), "pndm"),
-                            ("restart", dict(k=0), "heun"))}
-    ddim0 = samplers.sample(model, xT, sch, S, "ddim", grid=grid)
-    out["skip-tuning rho 1 = ddim"] = torch.equal(samplers.sample(skiptuning.SkipTuned(model, 1.0, 1.0), xT, sch, S,
-                                                                  "ddim", grid=grid), ddim0)
-    out["eps scaling lambda 1 = ddim"] = torch.equal(
-        samplers.sample(epsscale.EpsScaled(model, epsscale.Constant(1.0)), xT, sch, S, "ddim", grid=grid), ddim0)
-    out["skip-tuning leaves no hook"] = not any(b._forward_pre_hooks for b in skiptuning.decoder_blocks(model))
-    return out
