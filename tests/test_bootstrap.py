@@ -51,6 +51,7 @@ def bare_python(tmp_path_factory) -> Path:
 
 def test_every_notebook_starts_with_the_one_setup_cell():
     assert NOTEBOOKS
+    assert len(CELL.splitlines()) <= 6, "the setup cell is shown in full on GitHub: at most 6 lines (logic: scripts/bootstrap.py)"
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
         first = next(c for c in nb.cells if c.cell_type == "code")
