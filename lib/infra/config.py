@@ -49,6 +49,9 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     resamp_with_conv: bool = True
+    # GroupNorm groups of every layer (diffusers' UNet2DModel holds one count); 0: lib.unet.num_groups's
+    # width rule (4 and 8 groups at widths 16/32 of ci/cpu, DDPM's 32 from width 128 on).
+    norm_groups: int = 0
     hidden: int = 256  # mlp only
     depth: int = 3  # mlp only
 
@@ -289,6 +292,9 @@ def validate(cfg: Config) -> Config:
     need(s.n_samples >= 2 and s.batch_size >= 1, "sample.n_samples must be >= 2 and sample.batch_size >= 1")
     need(s.eta >= 0, f"sample.eta must be >= 0, got {s.eta}")
     need(m.kind in ("unet", "mlp"), f"model.kind must be 'unet' or 'mlp', got {m.kind!r}")
+    widths = sorted({m.ch * k for k in m.ch_mult})
+    need(m.norm_groups == 0 or (m.norm_groups > 0 and all(w % m.norm_groups == 0 for w in widths)),
+         f"model.norm_groups={m.norm_groups} must divide every width {widths} (or be 0: the width rule of lib.unet)")
     need(m.ch >= 1 and len(m.ch_mult) >= 1 and min(m.ch_mult) >= 1 and m.num_res_blocks >= 1,
          "model: need ch >= 1, ch_mult non-empty with entries >= 1, num_res_blocks >= 1")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")

@@ -75,10 +75,12 @@ def claim(out: Path):
 # ---------------------------------------------------------------------------- configurations
 def trajectory_diff(old: dict, new: dict) -> list[str]:
     """The ``section.key`` names whose values differ between two config dicts (JSON lists and tuples
-    alike), resumable keys aside."""
-    def value(d, key):
+    alike; a key missing from one is its default), resumable keys aside."""
+    defaults = Config().to_dict()
+
+    def value(d, key):  # a key a saved config predates has the value it had then: the default
         s, k = key.split(".")
-        v = d.get(s, {}).get(k)
+        v = d.get(s, {}).get(k, defaults.get(s, {}).get(k) if isinstance(defaults.get(s), dict) else None)
         return tuple(v) if isinstance(v, list) else v
 
     keys = {f"{s}.{k}" for d in (old, new) for s, sec in d.items() if isinstance(sec, dict) for k in sec}

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
             print(f"error: cannot export: {e}", file=sys.stderr)
             return 2
         print(f"{r['out']}: diffusers UNet2DModel (config.json, diffusion_pytorch_model.safetensors, "
-              f"scheduler_config.json); max |Δε| against the run = {r['max_abs_diff']:.2e}")
+              f"scheduler_config.json, README.md model card), read back; max |Δε| against the run = {r['max_abs_diff']:.2e}")
         return 0
     try:
         if a.cmd == "list":

@@ -8,6 +8,7 @@ exactly is refused (:class:`ExportError`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -96,11 +97,81 @@ def export_run(run_dir, out_dir, *, load, seed: int = 0) -> dict:
     d = full.diffusion
     DDIMScheduler(num_train_timesteps=d.T, beta_start=d.beta_start, beta_end=d.beta_end,
                   beta_schedule="linear").save_pretrained(str(out_dir))
+    (out_dir / "README.md").write_text(model_card(run_dir, full, groups))
+    # Read back what was written, as a user would, before saying it worked.
     diff = max_eps_difference(model, UNet2DModel.from_pretrained(str(out_dir), low_cpu_mem_usage=False).eval(), cfg, d.T, seed=seed)
+    sched = DDIMScheduler.from_pretrained(str(out_dir))
+    if sched.config.num_train_timesteps != d.T or not (out_dir / "README.md").read_text().startswith("---\n"):
+        raise ExportError(f"{out_dir}: the written scheduler or model card does not read back as written")
     (out_dir / "export.json").write_text(json.dumps({"run": run_dir.name, "max_abs_eps_diff": diff}, indent=1) + "\n")
     if diff > TOLERANCE:
         raise ExportError(f"{out_dir}: the exported model's ε differs from the run's by {diff:.3g} > {TOLERANCE}")
     return {"out": out_dir, "max_abs_diff": diff}
+
+
+PAPER = "2401.01520"  # S²-DMs: Skip-Step Diffusion Models (Wang & Li)
+
+
+def run_fingerprint(run: dict) -> str:
+    """One short hash of the recipe fingerprint a run recorded (run.json's ``code``, lib.recipe.training_code)."""
+    return hashlib.sha256(json.dumps(run.get("code") or {}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_card(run_dir: Path, cfg, groups: int) -> str:
+    """The folder's ``README.md``: the Hub's YAML metadata, then how the run was trained and measured.
+
+    The measurement is ``run_dir/metric.json`` where the run has one (``{"name", "value", "lo", "hi",
+    "covers"}``: a value with its interval and what the interval covers); else the card says none."""
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").is_file() else {}
+    arm, steps = run.get("arm", final.get("arm", "unknown")), final.get("step", cfg.train.steps)
+    m = json.loads((run_dir / "metric.json").read_text()) if (run_dir / "metric.json").is_file() else None
+    measured = (f"{m['name']} {m['value']:.4g} [{m['lo']:.4g}, {m['hi']:.4g}] ({m.get('covers', 'interval')})"
+                if m else "none: this run directory records no measurement (the experiment's tables are under "
+                          f"figures/{cfg.profile}/ of the project)")
+    m_yaml = (f"model-index:\n- name: {run_dir.name}\n  results:\n  - task:\n      type: unconditional-image-generation\n"
+              f"    dataset:\n      name: {cfg.data.dataset}\n      type: {cfg.data.dataset}\n    metrics:\n"
+              f"    - type: {m['name']}\n      value: {m['value']}\n") if m else ""
+    d, command = cfg.diffusion, run.get("command") or "unknown"
+    head, _, rest = command.partition(" ")
+    if head.replace("\\", "/").endswith("lib/train.py"):  # sys.argv[0] under `python -m`: this machine's path
+        command = f"python -m lib.train {rest}"
+    return f"""---
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags:
+- arxiv:{PAPER}
+- diffusion
+- s2dm
+- arm:{arm}
+- profile:{cfg.profile}
+datasets:
+- {cfg.data.dataset}
+{m_yaml}---
+
+# {run_dir.name}: a `{arm}` run of the S²-DMs companion
+
+A diffusers `UNet2DModel` and `DDIMScheduler` exported from a run of the reproducible companion to
+*S²-DMs: Skip-Step Diffusion Models* (Wang & Li, [arXiv {PAPER}](https://arxiv.org/abs/{PAPER})).
+
+| | |
+|---|---|
+| arm | `{arm}` (baseline: L_0; s2dm: τL_0 + (1−τ)L_skip with skip {cfg.loss.skip}, τ {cfg.loss.tau}) |
+| profile | `{cfg.profile}` |
+| training steps | {steps} (batch {cfg.train.batch_size}, lr {cfg.train.lr}, EMA decay {cfg.train.ema_decay}) |
+| data | {cfg.data.dataset} at {cfg.data.image_size}×{cfg.data.image_size}, {cfg.data.n_train or 'all'} images |
+| model | {cfg.model.ch} channels × {list(cfg.model.ch_mult)}, {groups} GroupNorm groups |
+| schedule | linear β from {d.beta_start} to {d.beta_end}, T = {d.T} |
+| recipe fingerprint | `{run_fingerprint(run)}` (lib.recipe.training_code, as run.json records it) |
+| measured | {measured} |
+| command | `{command}` |
+
+```python
+from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+pipe = DDIMPipeline(UNet2DModel.from_pretrained("."), DDIMScheduler.from_pretrained("."))
+images = pipe(batch_size=16, num_inference_steps=50).images
+```
+"""
 
 
 @torch.no_grad()

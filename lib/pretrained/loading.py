@@ -118,8 +118,8 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
 
     A named checkpoint with a published MD5 is verified first. ``config`` is the ModelConfig a diffusers
     folder or a lib.train run states; None for bare weights
-    (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers),
-    None (this project's rule) for lib.train runs."""
+    (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers); for
+    lib.train runs their ``model.norm_groups``, None where that is 0 (this project's width rule)."""
     path, name = resolve(source, root)
     known_md5 = CHECKPOINTS[name].get("md5") if name else None
     if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
@@ -131,7 +131,8 @@ def load_state(source, *, entry: str = "ema", root=None) -> dict:
         cfg = _verified_run(path).model
         obj = _read(path / "final.pt")
         sd, layout = _from_object(obj, path / "final.pt", entry)
-        return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg, groups=None)
+        return dict(state_dict=sd, layout="lib_train_run", path=path / "final.pt", name=name, config=cfg,
+                    groups=cfg.norm_groups or None)
     if path.is_dir() and (path / "config.json").is_file():  # a diffusers folder (lib.diffusers_format)
         try:
             cfg, groups = diffusers_format.read_config(path)
