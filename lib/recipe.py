@@ -38,7 +38,7 @@ def make_loss(cfg: Config, arm: str, schedule):
         raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
     L = cfg.loss
     if arm == "cdm":
-        return cdm.make_loss(cfg, schedule)  # the Consistent-Diffusion-Models arm (lib.related)
+        return cdm.make_cdm_loss(cfg, schedule)  # the Consistent-Diffusion-Models arm (lib.related)
     tau = 1.0 if arm == "baseline" else L.tau
 
     def loss_fn(model, x0, generator, parts):
@@ -196,5 +196,5 @@ def training_code(model_kind: str, arm: str) -> dict:
     models = {"unet": build_unet, "mlp": build_mlp}
     not_taken = [f for k, f in models.items() if k != model_kind]
     if arm != "cdm":
-        not_taken.append(cdm.make_loss)
+        not_taken.append(cdm.make_cdm_loss)
     return recipe_fingerprint([build_state, step], exclude=not_taken)

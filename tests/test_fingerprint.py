@@ -43,9 +43,9 @@ def _comments_messages_cli(r):  # nothing a run computes
     _edit(r, "lib/losses.py", '"""L_0 = ', '"""The DDPM loss. L_0 = ')  # a docstring
     _edit(r, "lib/losses.py", 'f"tau must lie in [0, 1], got {tau}"', 'f"loss.tau must lie in [0, 1] (got {tau})"')
     _edit(r, "lib/recipe.py", 'f"unknown arm {arm!r}', 'f"no such arm {arm!r}')
-    _edit(r, "lib/data.py", "https://www.cs.toronto.edu/~kriz/", "https://example.org/cifar/")  # a URL in messages
-    _edit(r, "lib/data.py", "(the official train split is partition 0", "(the train split is partition 0")  # a warning
-    _edit(r, "lib/data.py", "def resolve_root(root) -> Path:", "def resolve_root(root: str) -> Path:")  # annotation
+    _edit(r, "lib/readers.py", "https://www.cs.toronto.edu/~kriz/", "https://example.org/cifar/")  # a URL in messages
+    _edit(r, "lib/readers.py", "(the official train split is partition 0", "(the train split is partition 0")  # a warning
+    _edit(r, "lib/readers.py", "def resolve_root(root) -> Path:", "def resolve_root(root: str) -> Path:")  # annotation
 
 
 def _loss_computes_otherwise(r):
@@ -53,7 +53,7 @@ def _loss_computes_otherwise(r):
 
 
 def _data_order_otherwise(r):
-    _edit(r, "lib/data.py", "SHUFFLE_SEED = 0", "SHUFFLE_SEED = 1")
+    _edit(r, "lib/readers.py", "SHUFFLE_SEED = 0", "SHUFFLE_SEED = 1")
 
 
 def _moved(r):  # sample_t moves from lib/losses.py to lib/schedule.py, imported back where it is used
@@ -117,3 +117,13 @@ def test_each_run_covers_its_own_network_and_arm_only(prints):
     assert {"ToyMLP", "cdm_loss", "s2dm_loss"} <= set(o["mlp/cdm"]) and "UNet" not in o["mlp/cdm"]
     assert not {"ToyMLP", "cdm_loss"} & set(o["unet/s2dm"])
     assert not {"main", "_loop", "_resume", "Config", "tqdm"} & set(o["unet/s2dm"])  # the runner, config, progress
+
+
+def test_pieces_of_one_name_from_two_modules_keep_separate_entries():
+    from lib import generate, train
+    from lib.infra.fingerprint import recipe_fingerprint
+
+    both = recipe_fingerprint([train.main, generate.main])
+    assert "main" not in both and {"main/1", "main/2"} <= set(both)
+    assert sorted([both["main/1"], both["main/2"]]) == sorted(
+        [recipe_fingerprint([train.main])["main"], recipe_fingerprint([generate.main])["main"]])

@@ -8,9 +8,9 @@ tree with what cannot change a result removed:
 * messages: a ``raise`` statement as a whole, an ``assert``'s message, and the arguments of ``print``,
   ``warnings.warn`` and of exception constructors (``bad(f"...")`` building a ``DatasetMissing``).
 
-It is keyed by each piece's ``__qualname__`` (pieces of the same name from different modules share one
-entry, their hashes combined), never by file or module, so moving a function to another module keeps
-the fingerprint. Module-level constants a piece reads (``SHUFFLE_SEED = 0``) count by value. Names of
+It is keyed by each piece's ``__qualname__`` (pieces of one name from different modules, or one name for
+a piece and a constant, as ``name/1``, ``name/2`` in the order of their hashes), never by file or module,
+so moving a function to another module keeps the fingerprint. Module-level constants a piece reads (``SHUFFLE_SEED = 0``) count by value. Names of
 ``lib.infra`` (configuration, paths, checkpoints, progress: the configuration's values are recorded
 beside the fingerprint) and anything outside ``lib`` are not followed; nor are the ``exclude`` pieces
 (the branches of a dispatch that this run does not take).
@@ -175,4 +175,8 @@ def recipe_fingerprint(roots, exclude=()) -> dict:
             if not _followed(v) and not inspect.ismodule(v) and _is_literal(v) and not hasattr(builtins, name):
                 entries.setdefault(name, []).append(_digest(repr(v)))
         stack += [v for v in read if _followed(v)]
-    return {k: _digest(",".join(sorted(set(v)))) if len(set(v)) > 1 else v[0] for k, v in sorted(entries.items())}
+    out = {}
+    for k, hashes in sorted(entries.items()):  # pieces of one name from different modules: name/1, name/2, …
+        hashes = sorted(set(hashes))
+        out.update({k: hashes[0]} if len(hashes) == 1 else {f"{k}/{i}": h for i, h in enumerate(hashes, 1)})
+    return out
