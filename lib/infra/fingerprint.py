@@ -70,12 +70,14 @@ def _is_literal(v, depth: int = 0) -> bool:
     return False
 
 
+def _followed_module(mod: str) -> bool:
+    return (mod == "lib" or mod.startswith("lib.")) and not mod.startswith("lib.infra")
+
+
 def _followed(obj) -> bool:
     """A function or class of lib outside lib.infra: part of the recipe when a recipe piece names it."""
     obj = inspect.unwrap(obj) if callable(obj) else obj  # an lru_cache'd function is its function
-    mod = getattr(obj, "__module__", None) or ""
-    return (inspect.isfunction(obj) or inspect.isclass(obj)) and (mod == "lib" or mod.startswith("lib.")) \
-        and not mod.startswith("lib.infra")
+    return (inspect.isfunction(obj) or inspect.isclass(obj)) and _followed_module(getattr(obj, "__module__", None) or "")
 
 
 _OUTSIDE = object()
@@ -93,7 +95,7 @@ class _Normaliser(ast.NodeTransformer):
     """Removes what cannot change a result (module docstring above) and records the names read."""
 
     def __init__(self, scope: dict):
-        self.scope, self.names, self.attrs = scope, set(), set()
+        self.scope, self.names, self.attrs, self.constants = scope, set(), [], {}
 
     def _resolve(self, node):
         if isinstance(node, ast.Name):
@@ -112,7 +114,7 @@ class _Normaliser(ast.NodeTransformer):
 
     def visit_Call(self, node):
         f = self._resolve(node.func)
-        if f in _MESSAGE_CALLS or (inspect.isclass(f) and issubclass(f, BaseException)):
+        if any(f is m for m in _MESSAGE_CALLS) or (inspect.isclass(f) and issubclass(f, BaseException)):
             node.args, node.keywords = [], []
             return node
         return self.generic_visit(node)
@@ -140,10 +142,12 @@ class _Normaliser(ast.NodeTransformer):
         self.names.add(node.id)
         return node
 
-    def visit_Attribute(self, node):
-        target = self._resolve(node)
-        if target is not None:
-            self.attrs.add(target)
+    def visit_Attribute(self, node):  # module.name: a piece to follow, or a constant of a recipe module
+        target, base = self._resolve(node), self._resolve(node.value)
+        if _followed(target):
+            self.attrs.append(target)
+        elif inspect.ismodule(base) and _followed_module(base.__name__) and _is_literal(target):
+            self.constants[node.attr] = target
         return self.generic_visit(node)
 
 
@@ -155,8 +159,8 @@ def _piece(obj) -> tuple[str, list, dict]:
     scope = dict(vars(sys.modules[obj.__module__]))
     norm = _Normaliser(scope)
     tree = norm.visit(tree)
-    read = [scope[n] for n in sorted(norm.names) if n in scope] + list(norm.attrs)
-    return ast.dump(tree), read, {n: scope[n] for n in sorted(norm.names) if n in scope}
+    read = [scope[n] for n in sorted(norm.names) if n in scope] + norm.attrs
+    return ast.dump(tree), read, {**{n: scope[n] for n in sorted(norm.names) if n in scope}, **norm.constants}
 
 
 def recipe_fingerprint(roots, exclude=()) -> dict:
