@@ -89,7 +89,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False) ->
         for k in (paths.STAGE_FOR, paths.STAGE_DIR):
             os.environ.pop(k, None)
     # What a reader sees: each progress bar once, at its last state, and at most a few stream outputs per cell.
-    nbformat.write(tidy(nbformat.read(partial, as_version=4)), partial)
+    nbformat.write(nbformat.from_dict(tidy(nbformat.read(partial, as_version=4))), partial)
     subs = _replacements(profile, out_dir, stage, root)
     for f in [partial, *(p for p in stage.rglob("*") if p.suffix in (".md", ".csv", ".txt", ".json", ".svg"))]:
         text = f.read_text(encoding="utf-8")

@@ -109,7 +109,7 @@ def export_run(run_dir, out_dir, *, load, seed: int = 0) -> dict:
     return {"out": out_dir, "max_abs_diff": diff}
 
 
-PAPER = "2401.01520"  # S²-DMs: Skip-Step Diffusion Models (Wang & Li)
+ARXIV_ID = "2401.01520"  # S²-DMs: Skip-Step Diffusion Models (Wang & Li)
 
 
 def run_fingerprint(run: dict) -> str:
@@ -140,7 +140,7 @@ def model_card(run_dir: Path, cfg, groups: int) -> str:
 library_name: diffusers
 pipeline_tag: unconditional-image-generation
 tags:
-- arxiv:{PAPER}
+- arxiv:{ARXIV_ID}
 - diffusion
 - s2dm
 - arm:{arm}
@@ -152,7 +152,7 @@ datasets:
 # {run_dir.name}: a `{arm}` run of the S²-DMs companion
 
 A diffusers `UNet2DModel` and `DDIMScheduler` exported from a run of the reproducible companion to
-*S²-DMs: Skip-Step Diffusion Models* (Wang & Li, [arXiv {PAPER}](https://arxiv.org/abs/{PAPER})).
+*S²-DMs: Skip-Step Diffusion Models* (Wang & Li, [arXiv {ARXIV_ID}](https://arxiv.org/abs/{ARXIV_ID})).
 
 | | |
 |---|---|
