@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from lib import generate  # noqa: E402
-from lib.experiment import runs
+from lib.experiment import runs  # noqa: E402
 from lib.infra.config import ConfigError, get_config, with_overrides  # noqa: E402
 from lib.experiment.evaluate import ImageEvaluator, image_cell  # noqa: E402
 from lib.infra.paths import Paths  # noqa: E402

@@ -51,13 +51,14 @@ import unet2d_twin  # noqa: E402
 
 from lib.infra import checkpoint as ckpt  # noqa: E402
 from lib import data as data_mod  # noqa: E402
+from lib import readers  # noqa: E402
 from lib import generate as gen  # noqa: E402
 from lib import samplers  # noqa: E402
 from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss, sample_t  # noqa: E402
 from lib.infra.runlog import read_log  # noqa: E402
-from lib.train import make_loss  # noqa: E402
+from lib.recipe import make_loss  # noqa: E402
 
 SECTIONS = ("environment", "training", "sampling", "end_to_end")
 BUDGET_S = {"environment": 15, "training": 200, "sampling": 45, "end_to_end": 120}  # 380 s
@@ -165,7 +166,7 @@ def section_environment(S: Section, ctx: Ctx) -> None:
     import torchvision
 
     m["torchvision"] = torchvision.__version__
-    for pkg, mod in OPTIONAL:
+    for _pkg, mod in OPTIONAL:
         m[f"has_{mod}"] = _which(mod)
     ok = checkreport.torch_version() >= checkreport.MIN_TORCH
     S.check("torch is new enough for lib/ and this check", torch.__version__, f">= {'.'.join(map(str, checkreport.MIN_TORCH))}", ok,
@@ -480,12 +481,12 @@ def inception_speed(S: Section, ctx: Ctx) -> None:
 # ============================================================================ end to end
 def write_synthetic_cifar10(root: Path, n_per_file: int, seed: int = 0) -> Path:
     """CIFAR-10-shaped images in CIFAR-10's own python-pickle batches under ``root`` (where
-    lib.data.load_cifar10 reads them): smooth random colour fields (4×4 colours, bilinear to 32×32)
+    lib.readers.load_cifar10 reads them): smooth random colour fields (4×4 colours, bilinear to 32×32)
     plus a little pixel noise, so that there is something to learn."""
-    folder = data_mod.cifar10_folder(root)
+    folder = readers.cifar10_folder(root)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for name in data_mod.CIFAR10_TRAIN_FILES + data_mod.CIFAR10_TEST_FILES:
+    for name in readers.CIFAR10_TRAIN_FILES + readers.CIFAR10_TEST_FILES:
         coarse = torch.from_numpy(rng.uniform(0, 255, (n_per_file, 3, 4, 4)).astype(np.float32))
         fine = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
         fine = fine + torch.from_numpy(rng.normal(0, 8, fine.shape).astype(np.float32))
@@ -504,8 +505,8 @@ def section_end_to_end(S: Section, ctx: Ctx) -> None:
 
     def data():
         write_synthetic_cifar10(root, z.e2e_images_per_file)
-        x, y = data_mod.load_cifar10(root)
-        S.check("synthetic CIFAR-10 files read by lib.data.load_cifar10", list(x.shape), "[5·n, 3, 32, 32] uint8",
+        x, y = readers.load_cifar10(root)
+        S.check("synthetic CIFAR-10 files read by lib.readers.load_cifar10", list(x.shape), "[5·n, 3, 32, 32] uint8",
                 x.shape == (5 * z.e2e_images_per_file, 3, 32, 32) and x.dtype == torch.uint8)
     S.part("synthetic CIFAR-10", data)
     sets = ["--set", f"data.root={root}", "--set", f"train.steps={z.e2e_steps}",

@@ -37,7 +37,7 @@ from lib import data, samplers  # noqa: E402
 from lib.infra.config import get_config  # noqa: E402
 from lib.factory import build_model, schedule_of  # noqa: E402
 from lib.losses import ddpm_loss  # noqa: E402
-from lib.train import make_loss  # noqa: E402
+from lib.recipe import make_loss  # noqa: E402
 from timing import StepVariant, sync  # noqa: E402  (bench/timing.py)
 from unet2d_twin import DiffusersEps, diffusers_kwargs  # noqa: E402  (bench/unet2d_twin.py)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.infra.config import DDIM_GRIDS as GRIDS  # the names of the grids Schedule.timesteps computes
+from lib.infra.config import DDIM_GRIDS  # the names of the grids Schedule.timesteps computes
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,7 +136,7 @@ class Schedule:
         elif grid == "quad":
             seq = [int(s) for s in np.linspace(0, np.sqrt(self.T * 0.8), num_steps) ** 2]
         else:
-            raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)}")
+            raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(DDIM_GRIDS)}")
         return torch.tensor(seq[::-1], dtype=torch.int64)
 
     def step_pairs(self, num_steps: int, grid: str = "uniform") -> list[tuple[int, int]]:

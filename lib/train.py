@@ -1,4 +1,4 @@
-"""Training: one code path for every arm (baseline = S²-DM with τ = 1), resumable bit for bit.
+"""The training runner: the loop, resume, checkpoints and command line around lib.recipe's step.
 
     python -m lib.train --profile cpu --arm s2dm --out data/runs/cpu/s2dm [--set train.steps=500 ...]
 
@@ -11,8 +11,8 @@ uninterrupted one (on CPU). One process trains a directory at a time (a lock); a
 training code is moved aside and trained again. Under ``torchrun`` it trains with DDP (the process's
 rank, world size and device: lib.infra.distributed's run context).
 
-The recipe is the DDIM code's (docs/method.md §1): Adam, gradient-norm clip, EMA, antithetic t, random
-horizontal flip, data in [-1, 1].
+What a step computes (loss, optimiser, EMA, data order: the DDIM code's recipe) is lib.recipe, and so is
+the code fingerprint a run records: editing this file never retrains a run.
 """
 from __future__ import annotations
 
@@ -25,155 +25,23 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lib.infra.progress import tqdm
 
+from lib import recipe
+from lib.data import DatasetMissing
+from lib.factory import resolve_device
 from lib.infra import checkpoint as ckpt
 from lib.infra import distributed, rehearsal, rundir, runlog
-from lib.infra.distributed import RunContext
 from lib.infra.config import Config, ConfigError, get_config, toy_config, with_overrides
-from lib.data import BatchSource, DatasetMissing
-from lib.factory import build_model, resolve_device, schedule_of
-from lib.losses import s2dm_loss
-from lib.related import cdm
-
-PAPER_ARMS = ("baseline", "s2dm")  # the paper's comparison (the baseline is the S²-DM loss with τ = 1)
-ARMS = PAPER_ARMS + ("cdm",)  # every arm train() trains: the CDM arm is a neighbour (lib.related.cdm, notebook 06)
-# The source a training run executes (its code fingerprint, lib.infra.rundir): the loop, loss, schedule, data,
-# factory, the network (the MLP uses unet's time embedding) and the arm's own module.
-TRAINED_BY = ("lib/train.py", "lib/losses.py", "lib/schedule.py", "lib/data.py", "lib/factory.py", "lib/unet.py")
-MODEL_SOURCE = {"unet": (), "mlp": ("lib/mlp.py",)}
-ARM_SOURCE = {"cdm": ("lib/related/cdm.py",)}
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite: the message names the step and the last good checkpoint."""
-
-
-def training_code(model_kind: str, arm: str) -> dict:
-    """The code fingerprint of a run of ``arm`` with a ``model_kind`` network."""
-    return rundir.code_fingerprint(TRAINED_BY + MODEL_SOURCE[model_kind] + ARM_SOURCE.get(arm, ()))
-
-
-# ---------------------------------------------------------------------------- building blocks
-def make_loss(cfg: Config, arm: str, schedule):
-    """``loss_fn(model, x0, generator, parts) -> per-sample loss`` for an arm."""
-    if arm not in ARMS:
-        raise ConfigError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
-    L = cfg.loss
-    if arm == "cdm":
-        return cdm.make_loss(cfg, schedule)  # the Consistent-Diffusion-Models arm (lib.related)
-    tau = 1.0 if arm == "baseline" else L.tau
-
-    def loss_fn(model, x0, generator, parts):
-        return s2dm_loss(model, x0, schedule, skip=L.skip, tau=tau, same_noise=L.same_noise,
-                         generator=generator, parts=parts)
-
-    return loss_fn
-
-
-def train_step(model, opt, ema, loss_fn, x0, generator, *, net=None, grad_clip: float = 1.0, autocast=None,
-               check_finite: bool = False):
-    """One optimisation step of every arm: mean of the per-sample loss, backward, gradient-norm clip,
-    Adam, EMA update. Returns ``(loss, parts, grad_norm)``, all detached.
-
-    ``net`` is what the loss calls (``model`` itself, or its DDP/compiled wrapper); clipping and the
-    EMA act on ``model``'s parameters. With ``check_finite`` a non-finite loss raises
-    :class:`NonFiniteLoss` *before* the optimiser step, so the weights never take a NaN update (a
-    check syncs a GPU, so the caller decides how often)."""
-    parts = {}
-    with autocast if autocast is not None else contextlib.nullcontext():
-        loss = loss_fn(net if net is not None else model, x0, generator, parts).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gn = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0
-          else torch.zeros((), device=loss.device))
-    if check_finite and not torch.isfinite(loss.detach()):
-        err = NonFiniteLoss(f"the loss is {loss.item()}")
-        err.value = loss.item()
-        raise err
-    opt.step()
-    if ema is not None:
-        ema.update(model)
-    return loss.detach(), parts, gn.detach()
-
-
-class EMA:
-    """Exponential moving average of the parameters (DDPM: decay 0.9999), kept in float32.
-
-    With ``rampup`` > 0 (EDM's ``ema_rampup_ratio``) the half-life, in steps, is at most ``rampup`` × the
-    updates so far: h = min(ln ½ / ln decay, rampup · n) and β_n = ½^(1/h), so a short run does not keep
-    its random initial weights in the average. ``rampup = 0`` is the plain EMA, β = decay, bit for bit."""
-
-    def __init__(self, model: torch.nn.Module, decay: float, rampup: float = 0.0):
-        self.decay, self.rampup, self.num_updates = decay, rampup, 0
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        self._float_keys = [k for k, v in model.state_dict().items() if v.dtype.is_floating_point]
-
-    def beta(self, n: int) -> float:
-        """The decay used by update number ``n`` (1, 2, ...)."""
-        if self.rampup <= 0:
-            return self.decay
-        half_life = self.rampup * n if self.decay <= 0 else min(math.log(0.5) / math.log(self.decay), self.rampup * n)
-        return 0.5 ** (1.0 / max(half_life, 1e-8))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module):
-        self.num_updates += 1
-        state = model.state_dict()
-        # One fused kernel over all tensors instead of hundreds of small ones per step (GPU).
-        torch._foreach_lerp_([self.shadow[k] for k in self._float_keys],
-                             [state[k].float() for k in self._float_keys], 1.0 - self.beta(self.num_updates))
-        for k, v in state.items():
-            if not v.dtype.is_floating_point:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self):
-        return self.shadow
-
-    def load_state_dict(self, s, num_updates: int | None = None):
-        for k in self.shadow:
-            self.shadow[k].copy_(s[k])
-        if num_updates is not None:
-            self.num_updates = num_updates
-
-
-def make_optimizer(model: torch.nn.Module, t, device) -> torch.optim.Adam:
-    """Adam of a ``train`` section (fused on CUDA when ``t.fused_adam``)."""
-    fused = {"fused": True} if t.fused_adam and torch.device(device).type == "cuda" else {}
-    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
-                            weight_decay=t.weight_decay, **fused)
-
-
-def make_autocast(t, device):
-    """The autocast context of a ``train`` section (bf16 or disabled)."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=t.amp == "bf16")
+from lib.infra.distributed import RunContext
+from lib.infra.progress import tqdm
+from lib.recipe import ARMS, NonFiniteLoss, TrainState
 
 
 # ---------------------------------------------------------------------------- the parts of train()
-@dataclass
-class TrainState:
-    """What the loop updates: the network (and what the loss calls), EMA, optimiser, data, noise."""
-
-    model: torch.nn.Module
-    net: torch.nn.Module
-    ema: EMA
-    opt: torch.optim.Optimizer
-    source: BatchSource
-    loss_fn: object
-    g_noise: torch.Generator
-    ctx: RunContext  # rank, world and device of this process
-    init_record: dict | None = None  # where the initial weights came from (--init-from), for run.json
-
-    @property
-    def device(self) -> torch.device:
-        return self.ctx.device
-
-
 def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
     """Under the lock: sweep killed writes, move a stale run aside, refuse another run. True = finished."""
     swept = ckpt.sweep_temp(out)
@@ -191,24 +59,6 @@ def _prepare(out: Path, cfg: Config, arm: str, code: dict) -> bool:
     if problem and (out / "final.pt").exists():
         print(f"{out}: {problem}; training continues from its last checkpoint", file=sys.stderr)
     return problem is None
-
-
-def _build_state(cfg: Config, arm: str, ctx: RunContext, init_from=None) -> TrainState:
-    """Fresh model, EMA, optimiser, data source and noise stream of a run (before any resume).
-    The one place where the weights are initialised: seeded, or from ``init_from`` (lib.pretrained)."""
-    t, device = cfg.train, ctx.device
-    torch.manual_seed(t.seed)  # same initial weights on every rank and in every arm
-    model = build_model(cfg.model).to(device)
-    init_record = _init_from(model, init_from, cfg)  # before the EMA copies the weights, and before resume
-    if ctx.world > 1:  # the global RNG now only drives dropout: give each rank its own masks
-        torch.manual_seed(t.seed + 1_000_003 * ctx.rank)
-    if t.channels_last and cfg.model.kind == "unet":
-        model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, t.ema_decay, t.ema_rampup)
-    source = BatchSource(cfg.data, device, torch.Generator().manual_seed(t.seed + 1), ctx.rank, ctx.world, t.batch_size)
-    g_noise = torch.Generator(device=device).manual_seed(t.seed * 7919 + 2 + ctx.rank)
-    return TrainState(model, model, ema, make_optimizer(model, t, device), source,
-                      make_loss(cfg, arm, schedule_of(cfg)), g_noise, ctx, init_record)
 
 
 def _shapes_match(model: torch.nn.Module, sd: dict) -> bool:
@@ -264,28 +114,19 @@ def _restore_rng(st: TrainState, rng: list, seed: int, start: int):
 
 
 def _loop(st: TrainState, t, out: Path, start: int, last_good, meta: dict, progress: bool):
-    """Steps ``start`` .. ``t.steps`` of a ``train`` section: warm-up lr, :func:`train_step`, the log
-    (global-batch means) every ``t.log_every`` steps, a checkpoint every ``t.ckpt_every``."""
-    image = not st.source.toy
+    """Steps ``start`` .. ``t.steps`` of a ``train`` section (lib.recipe.step), the log (global-batch
+    means) every ``t.log_every`` steps, a checkpoint every ``t.ckpt_every``."""
     check_every = 1 if st.device.type == "cpu" else t.log_every  # a finiteness check syncs the GPU
     terms = ("l0", "lskip", "consistency")  # the parts of the loss an arm reports (0 where it has none)
     acc = {k: torch.zeros((), device=st.device) for k in ("loss", *terms, "grad_norm")}
     n_acc, t0 = 0, time.perf_counter()
-    autocast = make_autocast(t, st.device)
+    autocast = recipe.make_autocast(t, st.device)
     st.model.train()
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=f"train {meta['arm']}",
                disable=not progress or not st.ctx.main, mininterval=1.0)
     for step in bar:
-        x0 = st.source.next(t.batch_size)
-        if t.channels_last and image:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        lr = t.lr * min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else t.lr
-        for grp in st.opt.param_groups:
-            grp["lr"] = lr
         try:
-            loss, parts, gn = train_step(st.model, st.opt, st.ema, st.loss_fn, x0, st.g_noise, net=st.net,
-                                         grad_clip=t.grad_clip, autocast=autocast,
-                                         check_finite=(step + 1) % check_every == 0)
+            loss, parts, gn, lr = recipe.step(st, t, step, autocast, check_finite=(step + 1) % check_every == 0)
         except NonFiniteLoss as e:
             _nonfinite(e.value, step, meta["arm"], last_good)
         zero = torch.zeros((), device=st.device)
@@ -360,7 +201,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
     ctx = distributed.join(resolve_device(t.device))
     if t.batch_size % ctx.world:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {ctx.world} processes")
-    code = training_code(cfg.model.kind, arm)
+    code = recipe.training_code(cfg.model.kind, arm)
     with _claimed(out, ctx):
         moved = _same_init(out, init_from, cfg)
         if moved:  # its source was retrained: the fine-tune is superseded (moved aside), as a stale run is
@@ -369,7 +210,7 @@ def train(cfg: Config, arm: str, out_dir, *, progress: bool = True, init_from=No
         if ctx.on_main(lambda: _prepare(out, cfg, arm, code), rundir.RunDirError):
             return out / "final.pt"
         # 2. fresh state, then this run's newest checkpoint
-        st = _build_state(cfg, arm, ctx, init_from)
+        st = recipe.build_state(cfg, arm, ctx, lambda model: _init_from(model, init_from, cfg))
         start, last_good = _resume(out, st, cfg, arm, code)
         if ctx.main:
             rundir.write_run_files(out, cfg, arm, code, {
@@ -402,7 +243,7 @@ def _init_from(model, source, cfg: Config):
     if source is None:
         return None
     from lib.pretrained import init_weights  # the fine-tune hook; lib.pretrained owns the logic
-    return init_weights(model, source, manifest=rehearsal.of(cfg))
+    return init_weights(model, source, manifest=rehearsal.of(cfg))  # a rehearsal's fixture only where cfg names it
 
 
 def _same_init(out: Path, source, cfg: Config) -> str | None:
@@ -466,7 +307,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as e:
-        if type(e).__module__ == "lib.pretrained":  # PretrainedError / PretrainedMissing: already one line
+        if type(e).__module__.startswith("lib.pretrained"):  # PretrainedError / PretrainedMissing: already one line
             print(f"error: {e}", file=sys.stderr)
             return 2
         if not isinstance(e, OSError):

@@ -281,14 +281,13 @@ class UNet(nn.Module):
 
 
 def build_unet(model_cfg, norm_groups: int | None = None) -> UNet:
-    """The UNet of a ``lib.infra.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`
-    (default: the config's ``norm_groups``, where 0 means the width rule)."""
-    if norm_groups is None:
-        norm_groups = getattr(model_cfg, "norm_groups", 0) or None
+    """The UNet of a ``lib.infra.config.ModelConfig`` (kind 'unet'); ``norm_groups`` as in :class:`UNet`,
+    by default the config's ``model.norm_groups`` (0: the width rule, :func:`num_groups`)."""
     kind = getattr(model_cfg, "kind", "unet")
     if kind != "unet":
         raise ValueError(f"build_unet got model.kind={kind!r}; use lib.mlp.build_mlp for 'mlp'")
     return UNet(in_channels=model_cfg.in_channels, out_ch=model_cfg.out_ch, resolution=model_cfg.resolution,
                 ch=model_cfg.ch, ch_mult=model_cfg.ch_mult, num_res_blocks=model_cfg.num_res_blocks,
                 attn_resolutions=model_cfg.attn_resolutions, dropout=model_cfg.dropout,
-                resamp_with_conv=model_cfg.resamp_with_conv, norm_groups=norm_groups)
+                resamp_with_conv=model_cfg.resamp_with_conv,
+                norm_groups=norm_groups if norm_groups is not None else getattr(model_cfg, "norm_groups", 0) or None)

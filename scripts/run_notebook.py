@@ -10,7 +10,8 @@ only on success: a failed notebook leaves the previous good outputs in place. Th
 text outputs (Markdown, CSV) carry no absolute path of the producing machine (:func:`portable`): paths
 under the repository or the output root become relative, the staging folder becomes ``figures/<profile>``;
 the copy's relative links are rewritten for its place under ``figures/<profile>/``, so GitHub, nbviewer
-and Colab render it with working links. ``--html`` also writes an HTML export (not committed). A marker
+and Colab render it with working links; its progress bars are at their last state, one line each
+(scripts/tidy_outputs.py). ``--html`` also writes an HTML export (not committed). A marker
 ``data/runs/<profile>/.notebooks/<name>.done`` records a success next to the runs it wrote, so that
 ``make`` runs the notebook again when ``data/runs`` has been deleted.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lib.infra import paths  # noqa: E402
+from tidy_outputs import tidy  # noqa: E402  (scripts/tidy_outputs.py: progress bars at their last state)
 
 
 def portable(text: str, replacements: list[tuple[str, str]]) -> str:
@@ -71,7 +73,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False, ov
     except OSError as e:
         print(f"FAILED: notebook {nb.name}: the output root {P.base} cannot be written ({e.strerror or e}: "
               f"{e.filename or out_dir}); pass --root a writable folder", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     final, partial = out_dir / nb.name, out_dir / (nb.stem + ".failed.ipynb")
     os.environ.setdefault("S2DM_PLAIN_BARS", "1")  # the kernel inherits it: text bars, not widgets (lib.infra.progress)
     params = {"profile": profile, "root": str(root) if root else "", "overrides": list(overrides)}
@@ -86,10 +88,12 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False, ov
         print(f"FAILED: notebook {nb.name} at profile {profile} ({msg[-1] if msg else type(e).__name__}); "
               f"the partial run is {partial}; its tables and figures were not published (they are in {stage})",
               file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         for k in (paths.STAGE_FOR, paths.STAGE_DIR):
             os.environ.pop(k, None)
+    # What a reader sees: each progress bar once, at its last state, and at most a few stream outputs per cell.
+    nbformat.write(nbformat.from_dict(tidy(nbformat.read(partial, as_version=4))), partial)
     subs = _replacements(profile, out_dir, stage, root)
     for f in [partial, *(p for p in stage.rglob("*") if p.suffix in (".md", ".csv", ".txt", ".json", ".svg"))]:
         text = f.read_text(encoding="utf-8")
@@ -109,7 +113,7 @@ def run(nb: Path, profile: str, root: Path | None = None, html: bool = False, ov
         print(f"FAILED: notebook {nb.name} ran, but its HTML export failed ({type(e).__name__}: "
               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); run it again (make does), or leave "
               f"out --html; the executed run is {partial}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     os.replace(partial, final)
     paths.write_notebook_marker(P, nb.stem, t0 - 2)  # 2 s: coarse file-system clocks
     print(f"   {nb.name} done in {time.time() - t0:.0f} s -> {final}", flush=True)

@@ -51,6 +51,7 @@ def bare_python(tmp_path_factory) -> Path:
 
 def test_every_notebook_starts_with_the_one_setup_cell():
     assert NOTEBOOKS
+    assert len(CELL.splitlines()) <= 6, "the setup cell is shown in full on GitHub: at most 6 lines (logic: scripts/bootstrap.py)"
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
         first = next(c for c in nb.cells if c.cell_type == "code")
@@ -127,7 +128,7 @@ def test_colab_branch_clones_the_repository_and_installs_nothing_present(bare_py
     work.mkdir()
     env = clean_env(S2DM_COLAB="1", S2DM_REPO_URL=f"file://{ROOT}", S2DM_CLONE_DIR=str(clone))
     check = CELL + "\nimport lib.experiment.report\nprint('LIBFILE', lib.experiment.report.__file__)\n"
-    for attempt in (1, 2):  # the second run finds the clone and does not clone again
+    for _attempt in (1, 2):  # the second run finds the clone and does not clone again
         r = subprocess.run([str(bare_python), "-c", check], capture_output=True, text=True, cwd=work, env=env,
                            timeout=300)
         assert r.returncode == 0, r.stderr[-4000:]

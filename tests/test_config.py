@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lib.infra.config import PROFILES, ConfigError, from_dict, get_config, toy_config
+from lib.infra.config import PROFILES, ConfigError, from_dict, get_config, toy_config, with_overrides
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -94,12 +94,31 @@ def test_every_profile_number_is_a_plain_setting_in_lib_infra_profiles():
     """A profile is data (section.key -> literal) over the schema's defaults; get_config builds exactly it."""
     from lib.infra import profiles
 
-    for name, settings in profiles.PROFILES.items():
+    for name, settings in profiles.PROFILE_SETTINGS.items():
         cfg = get_config(name)
         for key, value in settings.items():
             section, field = key.split(".")
             assert not callable(value) and getattr(getattr(cfg, section), field) == value, (name, key)
-    assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILES)
+    assert set(profiles.NOTEBOOK_08) == set(profiles.PROFILE_SETTINGS)
+
+
+def test_model_norm_groups_zero_is_the_width_rule_and_a_count_applies_to_every_layer():
+    import torch
+
+    from lib.factory import build_model
+    from lib.unet import num_groups
+
+    def groups(cfg):
+        return {(m.num_channels, m.num_groups) for m in build_model(cfg.model).modules() if isinstance(m, torch.nn.GroupNorm)}
+    ci = get_config("ci")
+    assert ci.model.norm_groups == 0 and get_config("cpu").model.norm_groups == 0  # the committed cpu numbers' rule
+    assert groups(ci) == {(c, num_groups(c)) for c, _ in groups(ci)} and len({g for _, g in groups(ci)}) > 1
+    assert {g for _, g in groups(with_overrides(ci, {"model.norm_groups": 4}))} == {4}
+    with pytest.raises(ConfigError, match=r"model.norm_groups=3 must divide every width \[16, 32\]"):
+        with_overrides(ci, {"model.norm_groups": 3})
+    old = ci.to_dict()
+    del old["model"]["norm_groups"]  # a config saved before the key existed still loads, as the width rule
+    assert from_dict(old).model.norm_groups == 0
 
 
 def test_cuda_profiles_never_fan_out_processes_onto_one_gpu():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import data
+from lib import data, readers
 from lib.infra.config import DataConfig
 
 
@@ -107,10 +107,10 @@ def test_mnist_is_shuffled_fixed_and_cut():
 
 def test_resize_uint8_matches_antialiased_bilinear():
     x = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    y = data.resize_uint8(x, 14)
+    y = readers.resize_uint8(x, 14)
     ref = torch.nn.functional.interpolate(x.double(), size=(14, 14), mode="bilinear", antialias=True)
     assert y.dtype == torch.uint8 and (y.double() - ref).abs().max() <= 0.5 + 1e-4
-    assert data.resize_uint8(x, 28) is x
+    assert readers.resize_uint8(x, 28) is x
 
 
 # ---------------------------------------------------------------------------- CIFAR-10 fixture
@@ -119,7 +119,7 @@ def _write_fake_cifar(root, n_per_batch=3):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     images, labels = [], []
-    for name in data.CIFAR10_TRAIN_FILES + data.CIFAR10_TEST_FILES:
+    for name in readers.CIFAR10_TRAIN_FILES + readers.CIFAR10_TEST_FILES:
         img = rng.integers(0, 256, (n_per_batch, 32, 32, 3), dtype=np.uint8)  # HWC, as a photo would be
         lab = rng.integers(0, 10, n_per_batch).tolist()
         # the CIFAR layout: per row the R plane, then G, then B, each 32×32 row-major
@@ -133,20 +133,20 @@ def _write_fake_cifar(root, n_per_batch=3):
 
 def test_cifar10_round_trip_from_pickles(tmp_path):
     _, images, labels = _write_fake_cifar(tmp_path)
-    x, y = data.load_cifar10(tmp_path, train=True)
+    x, y = readers.load_cifar10(tmp_path, train=True)
     ref = np.concatenate(images[:5]).transpose(0, 3, 1, 2)
     assert x.shape == (15, 3, 32, 32) and x.dtype == torch.uint8
     assert np.array_equal(x.numpy(), ref)
     assert y.tolist() == sum(labels[:5], []) and y.dtype == torch.int64
     # a red pixel stays red: channel 0 is R
     assert int(x[0, 0, 0, 0]) == int(images[0][0, 0, 0, 0]) and int(x[0, 2, 5, 7]) == int(images[0][0, 5, 7, 2])
-    xt, yt = data.load_cifar10(tmp_path, train=False)
+    xt, yt = readers.load_cifar10(tmp_path, train=False)
     assert np.array_equal(xt.numpy(), images[5].transpose(0, 3, 1, 2)) and yt.tolist() == labels[5]
 
 
 def test_cifar10_through_load_images_shuffles_and_cuts(tmp_path):
     _write_fake_cifar(tmp_path)
-    raw, raw_y = data.load_cifar10(tmp_path)
+    raw, raw_y = readers.load_cifar10(tmp_path)
     x, y = data.load_images(cfg(dataset="cifar10", root=str(tmp_path), image_size=32, n_train=5))
     perm = np.random.default_rng(0).permutation(15)[:5]
     assert torch.equal(x, raw[perm]) and torch.equal(y, raw_y[perm])
@@ -160,7 +160,7 @@ def test_cifar10_missing_message(tmp_path):
     msg = str(e.value)
     assert str((tmp_path / "cifar10" / "cifar-10-batches-py").resolve()) in msg
     assert "data_batch_1" in msg and "test_batch" in msg
-    assert "data.download=true" in msg and data.CIFAR10_URL in msg
+    assert "data.download=true" in msg and readers.CIFAR10_URL in msg
 
 
 def test_cifar10_download_failure_is_wrapped(tmp_path, monkeypatch):
@@ -172,7 +172,7 @@ def test_cifar10_download_failure_is_wrapped(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", boom)
     with pytest.raises(data.DatasetMissing, match="download failed.*network unreachable") as e:
         data.load_images(cfg(dataset="cifar10", root=str(tmp_path), download=True))
-    assert data.CIFAR10_URL in str(e.value)
+    assert readers.CIFAR10_URL in str(e.value)
 
 
 # ---------------------------------------------------------------------------- CelebA fixture
@@ -180,7 +180,7 @@ def test_celeba_crop_geometry_exact():
     # pixel (row r, col c) carries R = r, G = c: the crop must start at row 57, column 25.
     r, c = np.meshgrid(np.arange(218), np.arange(178), indexing="ij")
     arr = np.stack([r, c, np.zeros_like(r)], axis=-1).astype(np.uint8)
-    out = data.celeba_crop(Image.fromarray(arr), size=128)
+    out = readers.celeba_crop(Image.fromarray(arr), size=128)
     assert out.shape == (3, 128, 128) and out.dtype == np.uint8
     assert np.array_equal(out[0], r[57:185, 25:153]) and np.array_equal(out[1], c[57:185, 25:153])
 
@@ -217,7 +217,7 @@ def test_celeba_loader_crop_shape_and_cache(tmp_path, monkeypatch):
     cache = folder / "celeba64_train.pt"
     assert cache.is_file() and not list(folder.glob(".*.tmp"))
     # the second load comes from the cache: decoding must not run
-    monkeypatch.setattr(data, "_decode_celeba", lambda *a: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(readers, "_decode_celeba", lambda *a: pytest.fail("decoded again despite the cache"))
     x2, _ = data.load_images(cfg(dataset="celeba", root=str(tmp_path), image_size=64))
     assert torch.equal(x, x2)
     assert torch.load(cache, weights_only=True)["files"] == names[:4]
@@ -226,7 +226,7 @@ def test_celeba_loader_crop_shape_and_cache(tmp_path, monkeypatch):
 def test_celeba_without_partition_uses_all(tmp_path):
     _write_fake_celeba(tmp_path, n=3, with_partition=False)
     with pytest.warns(UserWarning, match="list_eval_partition"):
-        x = data.load_celeba(tmp_path, size=32)
+        x = readers.load_celeba(tmp_path, size=32)
     assert x.shape == (3, 3, 32, 32)
 
 

@@ -55,6 +55,34 @@ def test_export_loads_in_diffusers_and_predicts_the_same_eps(wide_run, tmp_path)
     assert images.shape == (2, cfg.resolution, cfg.resolution, cfg.in_channels)
 
 
+def test_the_model_card_says_how_the_run_was_trained_and_measured(wide_run, tmp_path):
+    from lib.pretrained.export import run_fingerprint
+
+    out = tmp_path / "hf"
+    assert cli("lib.pretrained", "export", str(wide_run), str(out)).returncode == 0
+    card = (out / "README.md").read_text()
+    meta = card.split("---\n")[1]
+    for line in ("library_name: diffusers", "pipeline_tag: unconditional-image-generation", "- arxiv:2401.01520",
+                 "- arm:baseline", "- profile:ci", "- digits"):
+        assert line in meta.splitlines(), (line, meta)
+    run = json.loads((wide_run / "run.json").read_text())
+    assert f"`{run_fingerprint(run)}`" in card and "| training steps | 2 " in card
+    assert "| measured | none" in card and "model-index" not in meta
+    assert "`python -m lib.train --profile ci --arm baseline" in card and str(ROOT) not in card
+
+
+def test_one_group_count_exports_a_small_run_and_its_measurement_reaches_the_card(tmp_path):
+    run = train(tmp_path / "ci4", "model.norm_groups=4")  # the ci widths 16/32, one group count
+    (run / "metric.json").write_text(json.dumps({"name": "KID", "value": 0.0123, "lo": 0.01, "hi": 0.015,
+                                                 "covers": "95 % bootstrap over samples"}))
+    r = cli("lib.pretrained", "export", str(run), str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["norm_num_groups"] == 4
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "| measured | KID 0.0123 [0.01, 0.015] (95 % bootstrap over samples) |" in card
+    assert "model-index:" in card.split("---\n")[1]
+
+
 def test_export_refuses_what_diffusers_cannot_represent(tmp_path):
     ci = train(tmp_path / "ci")  # widths 16/32: this project's rule gives 4 and 8 groups
     r = cli("lib.pretrained", "export", str(ci), str(tmp_path / "out"))

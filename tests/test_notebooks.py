@@ -12,6 +12,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import tidy_outputs  # noqa: E402  (scripts/tidy_outputs.py)
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -41,6 +44,8 @@ def test_notebook_runs_at_profile_ci(nb, out_root):
     written = [p for p in (out_root / "figures" / "ci").glob(f"{nb.stem[:2]}_*") if p.suffix in (".md", ".csv", ".ipynb")]
     leaks = {p.name: absolute_paths(p)[:3] for p in written if absolute_paths(p) or str(out_root) in p.read_text()}
     assert not leaks, f"{nb.name}: outputs name absolute paths (run_notebook.portable misses them): {leaks}"
+    executed = nbformat.read(out_root / "figures" / "ci" / nb.name, as_version=4)
+    assert tidy_outputs.is_tidy(executed), f"{nb.name}: progress frames or > 10 stream outputs in a cell"
 
 
 def test_missing_inputs_name_the_producing_notebook(tmp_path):

@@ -1,4 +1,4 @@
-"""Pretrained weights (lib/pretrained.py), offline: a diffusers UNet2DModel in google/ddpm-cifar10-32's
+"""Pretrained weights (lib/pretrained/), offline: a diffusers UNet2DModel in google/ddpm-cifar10-32's
 configuration loads and computes diffusers' own forward; the DDIM code's checkpoint layouts round-trip;
 corrupt files, wrong architectures, unknown names and missing checkpoints give clear errors; the
 fine-tune hook records its source."""

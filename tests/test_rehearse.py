@@ -6,7 +6,6 @@ One rehearsal of profile gpu (module scope, a few minutes on 2 cores) serves the
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data, pretrained
+from lib import pretrained, readers
 from lib.experiment import fixtures
 from lib.infra import config, rehearsal
 from lib.measure import fid, metrics, reference
@@ -156,9 +155,9 @@ def made(tmp_path_factory):
 
 def test_cifar_fixture_reads_through_the_one_reader(made):
     root, cfg, _ = made
-    x, y = data.load_cifar10(root / "data")
+    x, y = readers.load_cifar10(root / "data")
     assert x.dtype == torch.uint8 and tuple(x.shape) == (5 * fixtures.PER_BATCH, 3, 32, 32) and y.max() <= 9
-    xt, _ = data.load_cifar10(root / "data", train=False)
+    xt, _ = readers.load_cifar10(root / "data", train=False)
     assert len(xt) == fixtures.PER_BATCH and not torch.equal(x[:len(xt)], xt)
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lib.infra import checkpoint as ckpt
-from lib import data, generate
+from lib import generate, readers
 from lib.infra import rundir
 from lib import train as T
 from lib.infra.runlog import read_log
@@ -139,16 +139,18 @@ def test_a_torn_final_is_rebuilt_not_returned(tmp_path):
 
 # ---------------------------------------------------------------------------- 4. runs do not outlive their code
 def test_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tmp_path, monkeypatch):
+    from lib import recipe
+
     cfg = toy(**{"train.steps": 4})
     T.train(cfg, "s2dm", tmp_path, progress=False)
-    real = rundir.code_fingerprint
+    real = recipe.recipe_fingerprint
 
-    def edited(modules):  # as if lib/losses.py had been changed since
-        return {k: (v + "-edited" if k == "lib/losses.py" else v) for k, v in real(modules).items()}
-    monkeypatch.setattr(rundir, "code_fingerprint", edited)
-    with pytest.warns(UserWarning, match=r"training code changed since it was trained \(lib/losses.py\)"):
+    def edited(roots, exclude=()):  # as if the S²-DM loss had been changed since
+        return {k: (v + "-edited" if k == "s2dm_loss" else v) for k, v in real(roots, exclude).items()}
+    monkeypatch.setattr(recipe, "recipe_fingerprint", edited)
+    with pytest.warns(UserWarning, match=r"training code changed since it was trained \(s2dm_loss\)"):
         T.train(cfg, "s2dm", tmp_path, progress=False)
-    assert json.loads((tmp_path / "final.json").read_text())["code"]["lib/losses.py"].endswith("-edited")
+    assert json.loads((tmp_path / "final.json").read_text())["code"]["s2dm_loss"].endswith("-edited")
     old = list((tmp_path / "superseded").glob("*/final.pt"))
     assert len(old) == 1 and (old[0].parent / "run.json").exists()  # kept, not deleted
     mtime = (tmp_path / "final.pt").stat().st_mtime_ns
@@ -156,14 +158,14 @@ def test_a_run_of_changed_training_code_is_trained_again_and_the_old_one_kept(tm
     assert (tmp_path / "final.pt").stat().st_mtime_ns == mtime
 
 
-def test_the_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
+def test_the_file_fingerprint_ignores_comments_and_docstrings_only(tmp_path):
+    from lib.infra import fingerprint
+
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
     b.write_text('"""Other doc."""\n# a comment\ndef f(x):\n\n    return x + 1  # why\n')
     c.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 2\n')
-    assert rundir._tree_hash(a) == rundir._tree_hash(b) != rundir._tree_hash(c)
-    assert set(T.training_code("mlp", "cdm")) >= {"lib/losses.py", "lib/train.py", "lib/mlp.py", "lib/related/cdm.py"}
-    assert "lib/related/cdm.py" not in T.training_code("unet", "s2dm") and "lib/infra/config.py" not in T.training_code("unet", "s2dm")
+    assert fingerprint._tree_hash(a) == fingerprint._tree_hash(b) != fingerprint._tree_hash(c)
 
 
 def test_a_changed_profile_definition_retrains_but_other_overrides_are_refused(tmp_path, monkeypatch):
@@ -289,10 +291,10 @@ class _Payload:
 
 
 def _cifar_dir(root):
-    folder = data.cifar10_folder(root)
+    folder = readers.cifar10_folder(root)
     folder.mkdir(parents=True)
     rows = np.zeros((2, 3072), dtype=np.uint8)
-    for name in data.CIFAR10_TRAIN_FILES:
+    for name in readers.CIFAR10_TRAIN_FILES:
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": rows, b"labels": [0, 1]}, f, protocol=2)
     return folder
@@ -307,8 +309,8 @@ def test_a_crafted_cifar_pickle_cannot_run_code(tmp_path):
         pickle.dump(_Payload(tmp_path / "plain"), f)
     pickle.loads((tmp_path / "check").read_bytes())
     assert (tmp_path / "plain").exists()
-    with pytest.raises(data.DatasetUnreadable, match=r"data_batch_3.*posix.system|data_batch_3.*os.system"):
-        data.load_cifar10(tmp_path)
+    with pytest.raises(readers.DatasetUnreadable, match=r"data_batch_3.*posix.system|data_batch_3.*os.system"):
+        readers.load_cifar10(tmp_path)
     assert not marker.exists()
 
 
@@ -321,10 +323,10 @@ def test_a_crafted_cifar_pickle_cannot_run_code(tmp_path):
 def test_every_cifar_error_names_the_file(tmp_path, content, match):
     folder = _cifar_dir(tmp_path)
     (folder / "data_batch_2").write_bytes(content())
-    with pytest.raises(data.DatasetUnreadable, match=match) as e:
-        data.load_cifar10(tmp_path)
+    with pytest.raises(readers.DatasetUnreadable, match=match) as e:
+        readers.load_cifar10(tmp_path)
     assert str(folder / "data_batch_2") in str(e.value)
-    x, y = data._read_cifar_batch(folder / "data_batch_1")  # a good batch still reads
+    x, y = readers._read_cifar_batch(folder / "data_batch_1")  # a good batch still reads
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
 
 
@@ -332,11 +334,11 @@ def test_a_torn_celeba_cache_is_rebuilt(tmp_path):
     from test_data import _write_fake_celeba
 
     folder, _ = _write_fake_celeba(tmp_path)
-    x = data.load_celeba(tmp_path, size=16)
+    x = readers.load_celeba(tmp_path, size=16)
     cache = folder / "celeba16_train.pt"
     cache.write_bytes(cache.read_bytes()[:50])
     with pytest.warns(UserWarning, match="cache .*celeba16_train.pt is unreadable.*rebuilding"):
-        assert torch.equal(data.load_celeba(tmp_path, size=16), x)
+        assert torch.equal(readers.load_celeba(tmp_path, size=16), x)
     assert torch.equal(torch.load(cache, weights_only=True)["images"], x)
 
 
@@ -437,8 +439,8 @@ def test_files_written_atomically_respect_the_umask(tmp_path, mask, mode):
 # ---------------------------------------------------------------------------- 12. data.root
 def test_relative_data_root_is_the_repositorys_and_root_changes_do_not_block_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # notebooks run in notebooks/: a relative root must not follow the cwd
-    assert data.resolve_root("data") == ROOT / "data"
-    assert data.resolve_root(tmp_path) == tmp_path
+    assert readers.resolve_root("data") == ROOT / "data"
+    assert readers.resolve_root(tmp_path) == tmp_path
     cfg = toy(**{"train.steps": 4})
     T.train(with_overrides(cfg, {"train.steps": 2}), "s2dm", tmp_path / "run", progress=False)
     moved = with_overrides(cfg, {"data.root": "/elsewhere/data", "data.download": True})

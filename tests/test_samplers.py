@@ -187,12 +187,12 @@ def slope(steps, errs):
     return -np.polyfit(np.log(steps), np.log(errs), 1)[0]
 
 
-GRIDS = {"uniform": [10, 20, 25, 50, 100], "quad": [10, 20, 40, 80]}
+STEPS_OF_GRID = {"uniform": [10, 20, 25, 50, 100], "quad": [10, 20, 40, 80]}
 
 
-@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("grid", STEPS_OF_GRID)
 def test_convergence_orders_on_gaussian_data(grid):
-    steps = GRIDS[grid]
+    steps = STEPS_OF_GRID[grid]
     e_ddim = rel_errors("ddim", grid, steps)
     assert 0.85 < slope(steps, e_ddim) < 1.15  # DDIM = Euler in (y, σ): first order
     for method, opts, min_slope in [("spndm", {}, 1.5), ("deis", {"ab_order": 1}, 1.6), ("deis", {"ab_order": 2}, 2.0)]:

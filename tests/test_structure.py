@@ -19,7 +19,7 @@ LAYERS = {"infra": 0, "paper": 1, "related": 2, "measure": 2, "experiment": 3}
 # Where the paper's code dispatches to a neighbour by name: the sampler registry lists the neighbouring
 # samplers beside its own, and the training loop's loss dispatch trains the CDM arm. Nothing else.
 REGISTRIES = {("lib.samplers", "lib.related.restart"), ("lib.samplers", "lib.related.timeshift"),
-              ("lib.train", "lib.related.cdm")}
+              ("lib.recipe", "lib.related.cdm")}
 # The method's own foundations: they must never depend on a neighbouring method (lib.related).
 FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", "lib.transfer", "lib.analytic",
                "lib.factory", "lib.measure.metrics", "lib.measure.classifier", "lib.measure.toymetrics",
@@ -28,7 +28,8 @@ FOUNDATIONS = ("lib.unet", "lib.mlp", "lib.schedule", "lib.losses", "lib.data", 
 
 
 def layer(module: str) -> str:
-    """The layer of a lib module: its subpackage, or 'paper' for the modules at the top of lib/."""
+    """The layer of a lib module: its subpackage, or 'paper' for the modules at the top of lib/ and the
+    checkpoint formats (lib/pretrained: they build the paper's UNet, and training starts from them)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 2 and parts[1] in LAYERS else "paper"
 
@@ -99,8 +100,63 @@ def test_the_folder_rule_catches_an_upward_import():
 def test_the_top_of_lib_is_the_paper():
     top = sorted(p.stem for p in LIB.glob("*.py") if p.stem != "__init__")
     subpackages = sorted(p.name for p in LIB.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-    assert subpackages == ["experiment", "infra", "measure", "related"], subpackages
+    assert subpackages == ["experiment", "infra", "measure", "pretrained", "related"], subpackages
     assert len(top) <= 14, f"lib/ holds {len(top)} modules at the top: {top}; the paper's modules only"
+
+
+MAX_MODULE_LINES = 400  # one concern per module (docs/code.md)
+MAX_NOTEBOOK_CODE_LINES = 110  # non-blank code lines after the bootstrap cell: notebooks stay thin
+
+
+def test_no_lib_module_is_over_its_line_budget():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern): {long}"
+
+
+def notebook_code_lines(nb: dict) -> int:
+    """Non-blank lines of the code cells after the first (the bootstrap cell, kept short on its own)."""
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"][1:]
+    return sum(1 for c in code for line in "".join(c["source"]).splitlines() if line.strip())
+
+
+def test_no_notebook_is_over_its_code_budget():
+    assert notebook_code_lines({"cells": [{"cell_type": "code", "source": ["boot\n"]},
+                                          {"cell_type": "code", "source": ["a = 1\n", "\n", "b = 2\n"]}]}) == 2
+    long = {p.name: n for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
+            if (n := notebook_code_lines(json.loads(p.read_text()))) > MAX_NOTEBOOK_CODE_LINES}
+    assert not long, f"notebooks over {MAX_NOTEBOOK_CODE_LINES} code lines (move code to lib/): {long}"
+
+
+def _defined_names(tree: ast.Module):
+    """Public constants and classes a module defines: assigned, or imported under another name."""
+    for n in tree.body:
+        if isinstance(n, ast.Assign):
+            yield from (t.id for t in n.targets if isinstance(t, ast.Name))
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            yield n.target.id
+        elif isinstance(n, ast.ClassDef):
+            yield n.name
+        elif isinstance(n, ast.ImportFrom):
+            yield from (a.asname for a in n.names if a.asname and a.asname != a.name)
+
+
+def test_one_meaning_per_name():
+    """A public constant or class (UPPER_CASE or CapWords) is defined in one lib module only."""
+    where = {}
+    for m, p in MODULES.items():
+        for name in set(_defined_names(ast.parse(p.read_text()))):
+            if name[0].isupper():
+                where.setdefault(name, []).append(m)
+    assert sorted(_defined_names(ast.parse("A = 1\nfrom x import B as C\nclass D: pass"))) == ["A", "C", "D"]
+    twice = {n: ms for n, ms in where.items() if len(ms) > 1}
+    assert not twice, f"names that mean different things in different modules (rename one): {twice}"
+
+
+def test_the_tree_is_ruff_clean():
+    """ruff (configured in pyproject.toml, pinned in requirements-dev.txt) over lib, tests, scripts, bench."""
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 def test_no_importlib_tricks_in_lib():

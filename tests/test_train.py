@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lib.infra import checkpoint as ckpt
+from lib import recipe
 from lib import train as T
 from lib.infra.runlog import read_log
 from lib.infra.config import ConfigError, get_config, toy_config, with_overrides
@@ -100,7 +101,7 @@ def test_checkpoints_are_atomic_and_retained(tmp_path, monkeypatch):
 
 
 def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
-    real = T.make_loss
+    real = recipe.make_loss
 
     def poisoned(cfg, arm, schedule):
         fn, calls = real(cfg, arm, schedule), []
@@ -110,7 +111,7 @@ def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, monke
             out = fn(model, x0, g, parts)
             return out * float("nan") if len(calls) == 13 else out
         return loss_fn
-    monkeypatch.setattr(T, "make_loss", poisoned)
+    monkeypatch.setattr(recipe, "make_loss", poisoned)
     with pytest.raises(T.NonFiniteLoss, match=r"step 13.*ckpt-00000010\.pt"):
         T.train(toy(**{"train.steps": 30, "train.ckpt_every": 10}), "s2dm", tmp_path, progress=False)
     assert not (tmp_path / "final.pt").exists()
@@ -164,7 +165,7 @@ def test_ema_without_rampup_is_the_plain_ema_bit_for_bit():
     from lib.factory import build_model
 
     model = build_model(toy().model)
-    new, old, g = T.EMA(model, 0.999, rampup=0.0), _OldEMA(model, 0.999), torch.Generator().manual_seed(0)
+    new, old, g = recipe.EMA(model, 0.999, rampup=0.0), _OldEMA(model, 0.999), torch.Generator().manual_seed(0)
     for _ in range(25):
         _drift(model, g)
         new.update(model)
@@ -180,7 +181,7 @@ def test_ema_rampup_follows_edms_half_life_rule():
 
     model = build_model(toy().model)
     decay, r = 0.999, 0.05
-    ema, g = T.EMA(model, decay, rampup=r), torch.Generator().manual_seed(1)
+    ema, g = recipe.EMA(model, decay, rampup=r), torch.Generator().manual_seed(1)
     ref = {k: v.clone().double() for k, v in ema.state_dict().items()}
     for n in range(1, 41):
         _drift(model, g)

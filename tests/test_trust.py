@@ -341,14 +341,16 @@ def test_a_state_dict_claiming_huge_channels_is_refused_before_allocating(tmp_pa
     sd = {"conv_in.weight": torch.zeros(8192, 3, 3, 3), "conv_out.weight": torch.zeros(3, 8192, 3, 3),
           "down.0.block.0.conv1.weight": torch.zeros(8192, 1, 1, 1), "down.0.attn.0.q.weight": torch.zeros(1)}
     torch.save(sd, tmp_path / "crafted.ckpt")
-    real_build = pretrained._build
+    from lib.pretrained import loading
+
+    real_build = loading._build
 
     def guarded(cfg, groups):
         if torch.empty(0).device.type != "meta" and cfg.ch > 1024:
             pytest.fail(f"allocated a {cfg.ch}-channel model before checking the weights")
         return real_build(cfg, groups)
 
-    monkeypatch.setattr(pretrained, "_build", guarded)
+    monkeypatch.setattr(loading, "_build", guarded)
     with pytest.raises(pretrained.PretrainedError, match="do not fit"):
         pretrained.load_unet(str(tmp_path / "crafted.ckpt"))
 

@@ -82,3 +82,13 @@ def seed_rows(comparisons: dict, what: str = "") -> list[dict]:
                         "rel %": 100 * p["rel"], "excludes 0 (this seed)": p["excludes_zero"],
                         "KID a − b": p.get("kid_diff", float("nan")), "KID rel %": 100 * p.get("kid_rel", float("nan"))})
     return out
+
+
+COMPARISON_COLUMNS = ("comparison", "a", "b", "steps", "a − b", "lo", "hi", "rel %", "excludes 0", "n_seeds",
+                      "boot lo", "boot hi")
+
+
+def comparison_columns(metric: str) -> list[str]:
+    """The columns of a comparison table (notebook 06); the per-seed list stays out of the files."""
+    c = list(COMPARISON_COLUMNS)
+    return c[:4] + [f"{metric} a", f"{metric} b"] + c[4:]

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib import data, pretrained
+from lib import pretrained, readers
 from lib.infra import download
 from lib.infra.config import ConfigError, get_config
 from lib.infra.paths import ROOT
@@ -37,8 +37,8 @@ def fetch_profile(profile: str, root=None) -> list[str]:
     cfg = get_config(profile)
     done = []
     if cfg.data.dataset == "cifar10":
-        folder = data.cifar10_folder(Path(root or ROOT) / cfg.data.root)
-        data.load_cifar10(Path(root or ROOT) / cfg.data.root, download=True)
+        folder = readers.cifar10_folder(Path(root or ROOT) / cfg.data.root)
+        readers.load_cifar10(Path(root or ROOT) / cfg.data.root, download=True)
         done.append(f"CIFAR-10 in {folder} (torchvision checks the tarball's MD5)")
     if cfg.eval.metric == "inception":
         fid.check_offline(cfg.eval.fid_mode, cfg.data.dataset, cfg.data.image_size, "train",
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         for line in fetch_profile(a.profile, a.root):
             print(line)
     except (pretrained.PretrainedError, pretrained.PretrainedMissing, download.DownloadFailed, download.DownloadRefused,
-            data.DatasetMissing, fid.FIDWeightsMissing, ConfigError) as e:
+            readers.DatasetMissing, fid.FIDWeightsMissing, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

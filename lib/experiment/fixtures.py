@@ -3,7 +3,7 @@ the spot under the rehearsal's root, never downloaded, and registered in its man
 
 * CIFAR-10 in its own format: ``data/cifar10/cifar-10-batches-py/data_batch_1..5``, ``test_batch`` and
   ``batches.meta``, pickled dicts of uint8 rows as the python-version tarball holds them, so
-  lib.data reads them through the one CIFAR-10 reader (its restricted unpickler included).
+  lib.readers reads them through the one CIFAR-10 reader (its restricted unpickler included).
   The images are synthetic: a class-coloured blob on a noisy background, 32×32.
 * The reference statistics clean-fid would read (``cifar10_legacy_tensorflow_train_32.npz``: μ, Σ),
   computed from the fixture's training images with the stand-in feature network
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import data, pretrained
+from lib import data, pretrained, readers
 from lib.infra import rehearsal
 from lib.infra.config import Config
 from lib.infra.download import file_md5
@@ -48,10 +48,10 @@ def synthetic_cifar(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_cifar10(root: Path, per_batch: int = PER_BATCH) -> Path:
-    """The CIFAR-10 fixture under ``root/data`` (lib.data.cifar10_folder), in the tarball's pickle format."""
-    folder = data.cifar10_folder(Path(root) / "data")
+    """The CIFAR-10 fixture under ``root/data`` (lib.readers.cifar10_folder), in the tarball's pickle format."""
+    folder = readers.cifar10_folder(Path(root) / "data")
     folder.mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate([*data.CIFAR10_TRAIN_FILES, *data.CIFAR10_TEST_FILES]):
+    for k, name in enumerate([*readers.CIFAR10_TRAIN_FILES, *readers.CIFAR10_TEST_FILES]):
         x, y = synthetic_cifar(per_batch, seed=k)
         entry = {b"batch_label": f"rehearsal fixture {name}".encode(), b"labels": [int(v) for v in y],
                  b"data": x, b"filenames": [f"fixture_{k}_{i}.png".encode() for i in range(per_batch)]}

@@ -77,18 +77,21 @@ def check_device(pf: Preflight, cfg: Config, dry_run: bool) -> None:
 
 
 def check_files(pf: Preflight, cfg: Config, profile: str, root: Path, manifest) -> None:
-    from lib import data, pretrained
+    from lib import pretrained, readers
     from lib.experiment import pretrained_study
     from lib.measure import fid
 
     fetch = FETCH.format(profile=profile)
     if cfg.data.dataset == "cifar10":
-        folder = data.cifar10_folder(data.resolve_root(cfg.data.root))
+        folder = readers.cifar10_folder(readers.resolve_root(cfg.data.root))
         try:
-            x, _ = data.load_cifar10(data.resolve_root(cfg.data.root))
+            x, _ = readers.load_cifar10(readers.resolve_root(cfg.data.root))
             pf.facts.append(f"CIFAR-10: {len(x):,} training images in {folder}")
-        except data.DatasetMissing as e:
-            pf.problems.append(f"{str(e).splitlines()[0]} Put the python-version batches in {folder}: {fetch}")
+        except readers.DatasetUnreadable as e:
+            pf.problems.append(f"{e}")
+        except readers.DatasetMissing:
+            pf.problems.append(f"CIFAR-10 is not in {folder} (the python-version batches data_batch_1..5 and "
+                               f"test_batch): {fetch}")
     if cfg.eval.metric == "inception":
         name = fid.stats_filename(cfg.data.dataset, cfg.eval.fid_mode, cfg.data.image_size, "train")
         if manifest is not None:
@@ -108,7 +111,7 @@ def check_files(pf: Preflight, cfg: Config, profile: str, root: Path, manifest) 
     if plan.source:
         try:
             st_path, nm = pretrained.resolve(plan.source, root, manifest)
-            md5 = pretrained._expected_md5(nm, manifest)
+            md5 = pretrained.expected_md5(nm, manifest)
             got = pretrained.file_md5(st_path)
             pf.need(md5 is None or got == md5, f"{plan.source}: {st_path} has MD5 {got}, not the published {md5}: delete "
                     f"it and run {fetch}", f"{plan.source}: {st_path} (MD5 {got} verified)")

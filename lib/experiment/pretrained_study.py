@@ -24,7 +24,8 @@ from lib.infra import config, rehearsal
 from lib.infra.profiles import NOTEBOOK_08, NotebookPlan
 from lib.infra.runlog import read_log
 from lib.related import epsscale, skiptuning
-from lib.train import PAPER_ARMS, train
+from lib.recipe import PAPER_ARMS
+from lib.train import train
 
 
 def plan_for(profile: str, cfg=None) -> NotebookPlan:
@@ -115,7 +116,7 @@ def finetune_comparisons(ev, paths, cfg, models: dict, schedule, steps) -> list[
     implied = epsscale.implied_s2dm(schedule, cfg.loss.skip, cfg.loss.tau)
     rows = []
     for S in steps:
-        for arm, label, eps_model in (("baseline", "ft-baseline", models["baseline"]), ("s2dm", "ft-s2dm", models["s2dm"]),
+        for _arm, label, eps_model in (("baseline", "ft-baseline", models["baseline"]), ("s2dm", "ft-s2dm", models["s2dm"]),
                                       ("baseline", "ft-baseline+implied", epsscale.EpsScaled(models["baseline"], implied))):
             image_cell(ev, eps_model, cfg, label, "ddim", S, progress=False)
         for a, b, what in FINETUNE_PAIRS:

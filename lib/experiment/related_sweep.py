@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.experiment import compare, published, runs
-
 from lib import generate, samplers
-
+from lib.experiment import compare, published, runs
 from lib.infra import processes, rundir
 from lib.infra.config import Config, with_overrides
 from lib.experiment.evaluate import ImageEvaluator, image_cell
@@ -30,7 +28,7 @@ from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
 from lib.experiment.steptime import seconds_per_step
 from lib.infra.runlog import read_log
-from lib.train import ARMS  # the paper's two arms and the CDM arm
+from lib.recipe import ARMS  # the paper's two arms and the CDM arm
 from lib.experiment.workers import call_in_workers
 
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
@@ -110,7 +108,7 @@ def train_cdm(plan: Plan, paths: Paths, progress: bool = True) -> None:
     for key, job in runs.toy_jobs(cfg_toy_ft, paths, ("baseline",)).items():
         for arm, name in (("cdm", "cdm"), ("baseline", "baseline-ft")):
             jobs["toy", name, key[1]] = runs.Job(job.cfg, arm, runs.toy_run(paths, name, key[1]), toy=True)
-    for (kind, name, s), job in jobs.items():  # copy the baseline's final checkpoint where none is there yet
+    for (kind, _name, s), job in jobs.items():  # copy the baseline's final checkpoint where none is there yet
         src = runs.image_run(paths, "baseline", s) if kind == "images" else runs.toy_run(paths, "baseline", s)
         rundir.seed(src, job.out)
     runs.train_parallel(jobs, x.workers, progress)
@@ -122,7 +120,7 @@ def step_flops(cfg: Config, arm: str) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lib import data
-    from lib.train import EMA, make_loss, train_step
+    from lib.recipe import EMA, make_loss, train_step
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -357,16 +355,6 @@ class Cells:
         return out
 
 
-COMPARISON_COLUMNS = ("comparison", "a", "b", "steps", "a − b", "lo", "hi", "rel %", "excludes 0", "n_seeds",
-                      "boot lo", "boot hi")
-
-
-def comparison_columns(metric: str) -> list[str]:
-    """The columns of 06's comparison tables (the per-seed list stays out of the files)."""
-    c = list(COMPARISON_COLUMNS)
-    return c[:4] + [f"{metric} a", f"{metric} b"] + c[4:]
-
-
 # ---------------------------------------------------------------------------- the toy
 def toy_cells(plan: Plan, paths: Paths) -> list[dict]:
     """DDIM on every toy arm, Time-Shift and Restart on the three models, and the implied ε scaling on
@@ -409,26 +397,3 @@ def phase_job(config: dict, profile: str, root: str, phase: str, seed: int, rho,
         cells.lam = getattr(epsscale, lam.pop("type"))(**lam)
     cells._phase(phase, seed)
     return cells.rows
-
-
-def reductions(model, cfg: Config, S: int, grid) -> dict:
-    """Each neighbour at its trivial setting against its baseline sampler on ``model``, 8 samples of
-    the profile's shape: {check: bit-identical}. Time-Shift with cutoff T is DDIM, TS-PNDM with
-    window 0 is PNDM, Restart with k = 0 is Heun, Skip-Tuning with ρ = 1 and a constant ε scaling
-    λ = 1 are the plain DDIM; Skip-Tuning leaves no hook behind."""
-    sch = schedule_of(cfg)
-    xT = generate.initial_noise((cfg.model.in_channels, cfg.model.resolution, cfg.model.resolution), 0, 8,
-                                cfg.sample.seed)
-
-    def run(m, method, **kw):  # the stochastic samplers draw from one generator seed on both sides
-        return samplers.sample(m, xT, sch, S, method, profile_grid=grid, generator=torch.Generator().manual_seed(0), **kw)
-    out = {f"{a} {kw} = {b}": torch.equal(run(model, a, **kw), run(model, b))
-           for a, kw, b in (("ts-ddim", dict(cutoff=cfg.diffusion.T), "ddim"), ("ts-pndm", dict(window=0), "pndm"),
-                            ("restart", dict(k=0), "heun"))}
-    ddim0 = samplers.sample(model, xT, sch, S, "ddim", grid=grid)
-    out["skip-tuning rho 1 = ddim"] = torch.equal(samplers.sample(skiptuning.SkipTuned(model, 1.0, 1.0), xT, sch, S,
-                                                                  "ddim", grid=grid), ddim0)
-    out["eps scaling lambda 1 = ddim"] = torch.equal(
-        samplers.sample(epsscale.EpsScaled(model, epsscale.Constant(1.0)), xT, sch, S, "ddim", grid=grid), ddim0)
-    out["skip-tuning leaves no hook"] = not any(b._forward_pre_hooks for b in skiptuning.decoder_blocks(model))
-    return out

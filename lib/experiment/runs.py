@@ -23,7 +23,8 @@ from lib.infra import processes
 from lib.infra.config import Config, from_dict, toy_config, with_overrides
 from lib.infra.paths import Paths
 from lib.infra.progress import RunsProgress
-from lib.train import PAPER_ARMS, train
+from lib.recipe import PAPER_ARMS
+from lib.train import train
 from lib.experiment.workers import call_in_workers
 
 

@@ -17,7 +17,7 @@ import torch
 
 from lib import data
 from lib.factory import build_model, schedule_of
-from lib.train import EMA, make_autocast, make_loss, make_optimizer, train_step
+from lib.recipe import EMA, make_autocast, make_loss, make_optimizer, train_step
 
 # float32: IEEE float32 everywhere (the paper's arithmetic); tf32: TF32 tensor cores for matmuls and
 # convolutions; default: torch's own defaults (cuDNN convs in TF32, matmuls not), which is what

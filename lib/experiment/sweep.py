@@ -22,7 +22,7 @@ from lib.experiment.evaluate import ImageEvaluator, image_cell
 from lib.factory import schedule_of
 from lib.infra.paths import Paths
 from lib.experiment.runs import image_run, image_seeds, toy_run
-from lib.train import PAPER_ARMS
+from lib.recipe import PAPER_ARMS
 from lib.experiment.workers import call_in_workers
 
 __all__ = ["PAPER_ARMS", "image_run", "toy_run", "toy_sweep", "image_sweep"]

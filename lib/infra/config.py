@@ -49,8 +49,8 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     resamp_with_conv: bool = True
-    # GroupNorm groups of every layer; 0: lib.unet.num_groups of each width (32 at the paper's widths, fewer
-    # for small models). A rehearsal keeps the paper's 32 at a small width (scripts/rehearse.py).
+    # GroupNorm groups of every layer (diffusers' UNet2DModel holds one count); 0: lib.unet.num_groups's
+    # width rule (4 and 8 groups at widths 16/32 of ci/cpu, DDPM's 32 from width 128 on).
     norm_groups: int = 0
     hidden: int = 256  # mlp only
     depth: int = 3  # mlp only
@@ -188,10 +188,10 @@ class Config:
 def _profile(name: str) -> Config:
     """The named profile: the schema's defaults (the paper's recipe) with the profile's settings
     (lib.infra.profiles, every number side by side)."""
-    return with_overrides(Config(profile=name), _profiles.PROFILES[name])
+    return with_overrides(Config(profile=name), _profiles.PROFILE_SETTINGS[name])
 
 
-PROFILES = {name: functools.partial(_profile, name) for name in _profiles.PROFILES}
+PROFILES = {name: functools.partial(_profile, name) for name in _profiles.PROFILE_SETTINGS}
 
 
 # ---------------------------------------------------------------------------- parsing and types
@@ -278,12 +278,12 @@ def validate(cfg: Config) -> Config:
         for f, typ in get_type_hints(type(sec)).items():
             _typed(getattr(sec, f), typ, f"{name}.{f}")
 
-    d, l, t, s, m, e = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval
+    d, lo, t, s, m, e = cfg.diffusion, cfg.loss, cfg.train, cfg.sample, cfg.model, cfg.eval
     need(d.T >= 2, f"diffusion.T must be >= 2, got {d.T}")
     need(0 < d.beta_start <= d.beta_end < 1, "diffusion: need 0 < beta_start <= beta_end < 1")
-    need(1 <= l.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {l.skip}")
-    need(0.0 <= l.tau <= 1.0, f"loss.tau must lie in [0, 1], got {l.tau}")
-    need(l.cdm_lambda >= 0 and l.cdm_steps >= 1 and l.cdm_dsigma > 0, "loss.cdm_*: need lambda >= 0, steps >= 1, dsigma > 0")
+    need(1 <= lo.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {lo.skip}")
+    need(0.0 <= lo.tau <= 1.0, f"loss.tau must lie in [0, 1], got {lo.tau}")
+    need(lo.cdm_lambda >= 0 and lo.cdm_steps >= 1 and lo.cdm_dsigma > 0, "loss.cdm_*: need lambda >= 0, steps >= 1, dsigma > 0")
     for k in ("steps", "batch_size", "ckpt_every", "keep_ckpts", "log_every"):
         need(getattr(t, k) >= 1, f"train.{k} must be a positive integer, got {getattr(t, k)}")
     need(t.lr > 0 and t.warmup >= 0, f"train.lr must be > 0 and train.warmup >= 0, got {t.lr} and {t.warmup}")
@@ -299,11 +299,12 @@ def validate(cfg: Config) -> Config:
     need(s.n_samples >= 2 and s.batch_size >= 1, "sample.n_samples must be >= 2 and sample.batch_size >= 1")
     need(s.eta >= 0, f"sample.eta must be >= 0, got {s.eta}")
     need(m.kind in ("unet", "mlp"), f"model.kind must be 'unet' or 'mlp', got {m.kind!r}")
+    widths = sorted({m.ch * k for k in m.ch_mult})
+    need(m.norm_groups == 0 or (m.norm_groups > 0 and all(w % m.norm_groups == 0 for w in widths)),
+         f"model.norm_groups={m.norm_groups} must divide every width {widths} (or be 0: the width rule of lib.unet)")
     need(m.ch >= 1 and len(m.ch_mult) >= 1 and min(m.ch_mult) >= 1 and m.num_res_blocks >= 1,
          "model: need ch >= 1, ch_mult non-empty with entries >= 1, num_res_blocks >= 1")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
-    need(m.norm_groups >= 0 and (m.norm_groups == 0 or m.ch % m.norm_groups == 0),
-         f"model.norm_groups must be 0 (the width rule) or divide model.ch={m.ch}, got {m.norm_groups}")
     need(e.metric in ("classifier", "inception"), f"eval.metric must be 'classifier' or 'inception', got {e.metric!r}")
     need(e.fid_mode in ("legacy_tensorflow", "clean"), f"eval.fid_mode must be 'legacy_tensorflow' or 'clean', got {e.fid_mode!r}")
     need(0 < e.ci_level < 1, f"eval.ci_level must lie in (0, 1), got {e.ci_level}")

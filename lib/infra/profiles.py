@@ -68,7 +68,7 @@ CI = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 8, "model.c
       "experiment.dose_skip": (9, 99), "experiment.dose_tau": (0.99, 0.99), "experiment.dose_image_settings": (1,),
       "experiment.dose_image_seeds": 2, "experiment.control_lambdas": (0.99, 1.01), "experiment.control_seeds": 2}
 
-PROFILES = {"ci": CI, "cpu": CPU, "gpu": GPU, "paper": PAPER}
+PROFILE_SETTINGS = {"ci": CI, "cpu": CPU, "gpu": GPU, "paper": PAPER}
 
 
 # ---------------------------------------------------------------------------- notebook 08

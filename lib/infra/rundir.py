@@ -12,16 +12,14 @@
     DIR/superseded/    earlier runs of DIR made by other code or another profile definition, moved
                        aside (never deleted) before DIR is trained again
 
-The code fingerprint hashes the modules a training run executes, as syntax trees without docstrings
-(comments, docstrings and formatting do not count). config.py and profiles.py are not among them: a
-run records its configuration's values, which is what those modules contribute.
+The code fingerprint is lib.recipe.training_code: the functions and classes a training step executes,
+as normalised syntax trees (lib.infra.fingerprint; comments, docstrings, messages and the runner do not
+count). The configuration is compared by its values, which is what config.py and profiles.py contribute.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +29,6 @@ from pathlib import Path
 
 from lib.infra import checkpoint as ckpt
 from lib.infra.config import PROFILES, Config, ConfigError, from_dict, load_json, toy_config
-from lib.infra.paths import ROOT
 
 try:
     import fcntl
@@ -75,28 +72,15 @@ def claim(out: Path):
         os.close(fd)  # releases the lock
 
 
-# ---------------------------------------------------------------------------- fingerprints
-def _tree_hash(path: Path) -> str:
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
-
-
-def code_fingerprint(modules) -> dict:
-    """``{"lib/<module>.py": hash}`` of the given repository-relative source files."""
-    return {m: _tree_hash(ROOT / m) for m in sorted(modules)}
-
-
+# ---------------------------------------------------------------------------- configurations
 def trajectory_diff(old: dict, new: dict) -> list[str]:
     """The ``section.key`` names whose values differ between two config dicts (JSON lists and tuples
-    alike), resumable keys aside."""
-    def value(d, key):
+    alike; a key missing from one is its default), resumable keys aside."""
+    defaults = Config().to_dict()
+
+    def value(d, key):  # a key a saved config predates has the value it had then: the default
         s, k = key.split(".")
-        v = d.get(s, {}).get(k)
+        v = d.get(s, {}).get(k, defaults.get(s, {}).get(k) if isinstance(defaults.get(s), dict) else None)
         return tuple(v) if isinstance(v, list) else v
 
     keys = {f"{s}.{k}" for d in (old, new) for s, sec in d.items() if isinstance(sec, dict) for k in sec}
@@ -152,7 +136,8 @@ def check_reusable(out: Path, cfg: Config, arm: str, code: dict) -> str | None:
     if run is not None and run.get("code") != code:
         old = run.get("code") or {}
         changed = sorted(k for k in set(old) | set(code) if old.get(k) != code.get(k))
-        return f"the training code changed since it was trained ({', '.join(changed)})"
+        named = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        return f"the training code changed since it was trained ({named})"
     if run is None and ((out / "final.pt").exists() or (out / "config.json").exists()):
         return "it has no run.json, so the code that trained it is unknown"
     return None

@@ -140,11 +140,11 @@ def get_classifier(data_cfg, eval_cfg, cache_dir="data/classifiers", device="cpu
 
 
 def classifier_code() -> dict:
-    """The fingerprint of the code that trains the classifier (lib.infra.rundir.code_fingerprint): a
+    """The fingerprint of the code that trains the classifier (lib.infra.fingerprint.source_fingerprint): a
     cache made by other code (another learning rate, architecture, schedule) is not reused."""
-    from lib.infra.rundir import code_fingerprint
+    from lib.infra.fingerprint import source_fingerprint
 
-    return code_fingerprint(["lib/measure/classifier.py"])
+    return source_fingerprint(["lib/measure/classifier.py"])
 
 
 def _cached(pt: Path, js: Path, key: str, code: dict):

@@ -31,13 +31,13 @@ def images_sha256(images_uint8: torch.Tensor) -> str:
 
 def cache_key(images_uint8, *, dataset: str, mode: str, manifest=None) -> dict:
     """Everything that decides the features: code, network, mode, data."""
-    from lib.infra.rundir import code_fingerprint
+    from lib.infra.fingerprint import source_fingerprint
     from lib.measure import fid
 
     x = torch.as_tensor(images_uint8)
     return {"dataset": dataset, "resolution": int(x.shape[-1]), "n": int(len(x)), "mode": mode,
             "network": fid.network_id(mode, manifest), "clean_fid": fid.clean_fid_code(),
-            "code": code_fingerprint(["lib/measure/fid.py", "lib/measure/reference.py"]),
+            "code": source_fingerprint(["lib/measure/fid.py", "lib/measure/reference.py"]),
             "images_sha256": images_sha256(x)}
 
 

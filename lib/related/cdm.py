@@ -38,7 +38,7 @@ import torch
 from lib.losses import sample_t
 from lib.schedule import Schedule
 
-__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_loss", "x0_prediction"]
+__all__ = ["SIGMA_DATA", "WEIGHTINGS", "cdm_loss", "reverse_sde_chains", "make_cdm_loss", "x0_prediction"]
 
 SIGMA_DATA = 0.5  # EDM's σ_data, the scale of the weighting c(σ)
 WEIGHTINGS = ("edm", "none")
@@ -134,7 +134,7 @@ def cdm_loss(eps_model, x0: torch.Tensor, schedule: Schedule, *, lam: float = 10
     return l0 + lam * consistency
 
 
-def make_loss(cfg, schedule: Schedule):
+def make_cdm_loss(cfg, schedule: Schedule):
     """``loss_fn(model, x0, generator, parts) -> per-sample loss`` of the ``cdm`` arm (lib.train)."""
     L = cfg.loss
 

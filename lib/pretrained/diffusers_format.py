@@ -1,16 +1,9 @@
-"""diffusers' ``UNet2DModel`` format, both ways (docs/method.md §6).
+"""diffusers' ``UNet2DModel`` format (docs/method.md §6): its configuration and its parameter names.
 
-Import: a folder's ``config.json`` is type- and range-checked and mapped onto lib.unet.UNet's ModelConfig
+A folder's ``config.json`` is type- and range-checked and mapped onto lib.unet.UNet's ModelConfig
 (:func:`read_config`; a setting this UNet does not compute exactly is refused), and its parameter names
-are renamed to ours (:func:`diffusers_to_ours`); lib.pretrained loads the folder with them.
-
-Export (``python -m lib.pretrained export RUN_DIR OUT_DIR``, :func:`export_run`): a lib.train run's EMA
-weights as ``OUT_DIR/config.json`` + ``diffusion_pytorch_model.safetensors`` and ``scheduler_config.json``
-(a ``DDIMScheduler`` on the run's linear-β schedule, docs/method.md §1), written under a temporary name,
-loaded back with ``UNet2DModel.from_pretrained`` (compared with the run's ε, float32, CPU) and with this
-module's import (the run's weights exactly), and only then put in place: the export states its own
-max |Δε|, and a failed one leaves nothing at OUT_DIR. Its names come from running the import rule on the diffusers model's own parameter names,
-so import and export cannot drift. A run ``UNet2DModel`` cannot compute exactly is refused (:class:`ExportError`).
+are renamed to ours (:func:`diffusers_to_ours`); lib.pretrained.loading loads the folder with them, and
+lib.pretrained.export runs the same renaming backwards.
 """
 from __future__ import annotations
 
@@ -18,9 +11,8 @@ import json
 import re
 from pathlib import Path
 
-import torch
 
-from lib.infra.config import ModelConfig, load_json
+from lib.infra.config import ModelConfig
 
 
 class FormatError(ValueError):
@@ -222,177 +214,3 @@ def read_safetensors(wf: Path) -> dict:
     except Exception as e:
         raise FormatError(f"cannot read {wf} ({type(e).__name__}: {str(e)[:200]}); the file may be "
                           "truncated: fetch the folder again") from None
-
-
-# ---------------------------------------------------------------------------- export
-TOLERANCE = 1e-5  # max |Δε| accepted between the run's model and the exported one (float32, CPU)
-
-
-class ExportError(ValueError):
-    """A run that cannot be exported: the message names the run and the reason."""
-
-
-def diffusers_config(cfg, groups: int) -> dict:
-    """The UNet2DModel configuration that computes lib.unet.UNet(cfg) with ``groups`` GroupNorm groups."""
-    L = len(cfg.ch_mult)
-    attn = [cfg.resolution // 2 ** i in cfg.attn_resolutions for i in range(L)]
-    return dict(
-        sample_size=cfg.resolution, in_channels=cfg.in_channels, out_channels=cfg.out_ch,
-        block_out_channels=[cfg.ch * m for m in cfg.ch_mult], layers_per_block=cfg.num_res_blocks,
-        down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        norm_num_groups=groups, norm_eps=1e-6, dropout=float(cfg.dropout), attention_head_dim=None,
-        **FIXED)
-
-
-def _groups(model) -> int:
-    """The one GroupNorm group count of ``model``; UNet2DModel has a single ``norm_num_groups``."""
-    found = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
-    if len(found) != 1:
-        widths = sorted({m.num_channels for m in model.modules() if isinstance(m, torch.nn.GroupNorm)})
-        raise ExportError(f"its GroupNorms use {sorted(found)} groups (this project's rule gives widths {widths} "
-                          "different counts), but diffusers' UNet2DModel uses one norm_num_groups for every layer; "
-                          "a run whose widths are all ≥ 128 (32 groups each, as at profile gpu) can be exported")
-    return found.pop()
-
-
-def _ours_to_diffusers(ours: dict, dmodel, levels: int) -> dict:
-    """Our state dict in the diffusers model's names and shapes (1×1 convs → Linear for attention)."""
-    out, theirs, used = {}, dmodel.state_dict(), set()
-    for k, v in theirs.items():
-        name = next(iter(diffusers_to_ours({k: v}, levels)))  # the import rule, run backwards
-        out[k] = ours[name].reshape(v.shape).to(v.dtype)
-        used.add(name)
-    unused = set(ours) - used
-    if unused:
-        raise ExportError(f"{len(unused)} parameter(s) have no place in UNet2DModel, e.g. {sorted(unused)[:3]}")
-    return out
-
-
-def _older_code(run_dir: Path) -> str | None:
-    """Why ``run_dir`` was not trained by today's code, or None: the source files its run.json fingerprints
-    (lib.infra.rundir.code_fingerprint, as lib.train recorded them) must hash the same today."""
-    from lib.infra import rundir
-
-    try:
-        then = (rundir.read_json(run_dir / "run.json") or {}).get("code")
-    except rundir.RunDirError as e:
-        return str(e)
-    if not then:
-        return "it has no run.json fingerprint, so the code that trained it is unknown"
-    changed = []
-    for module, digest in sorted(then.items()):
-        try:
-            now = rundir.code_fingerprint([module])[module]
-        except (OSError, SyntaxError):  # a module since removed or renamed
-            now = None
-        if now != digest:
-            changed.append(module)
-    return f"it was trained by other code ({', '.join(changed)} changed since)" if changed else None
-
-
-def _destination(out_dir: Path) -> None:
-    """Refuse an ``out_dir`` that is a file or a non-empty folder other than an earlier export."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} is a file, not a folder: give a new or empty folder for the export")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "export.json").is_file():
-        raise ExportError(f"{out_dir} is not empty (and holds no earlier export): choose an empty or new folder; "
-                          "nothing there was changed")
-
-
-def _write_failed(e: BaseException, out_dir: Path) -> ExportError:
-    """One line for a failure while writing or verifying the export (nothing of it is kept)."""
-    import errno
-
-    from lib.infra.checkpoint import is_disk_full
-
-    if is_disk_full(e):
-        return ExportError(f"no space left on the disk of {out_dir} while writing the export (nothing was kept): "
-                           "free space there and run the same command again")
-    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ExportError(f"cannot write {out_dir} ({e.strerror}: {e.filename or out_dir}): choose a writable "
-                           "folder (nothing was kept)")
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    return ExportError(f"the export written for {out_dir} failed its check when loaded back ({type(e).__name__}: "
-                       f"{first}) and was removed: run the same command again")
-
-
-def export_run(run_dir, out_dir, *, load, seed: int = 0) -> dict:
-    """Write ``run_dir``'s EMA weights as a diffusers folder ``out_dir``; returns ``{"out", "max_abs_diff"}``.
-
-    ``load(run_dir)`` gives the run's EMA UNet (lib.pretrained.load_unet, passed in: lib.pretrained
-    imports this module).
-
-    The folder is written beside ``out_dir`` under a temporary name, loaded back (by diffusers, whose ε
-    must match the run's within :data:`TOLERANCE`, and by ``load``, whose weights must equal the run's)
-    and only then renamed to ``out_dir`` (replacing an earlier export there), so a failed or interrupted
-    export leaves nothing that looks like one. Raises :class:`ExportError` for a run diffusers cannot
-    represent, a run trained by other code, a destination that is a file or a non-empty folder, and any
-    failure to write or verify the folder."""
-    import os
-    import shutil
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not ((run_dir / "config.json").is_file() and (run_dir / "final.pt").is_file()):
-        raise ExportError(f"{run_dir} is not a finished lib.train run (needs config.json and final.pt): train it "
-                          "to the end first, or give the run's folder")
-    _destination(out_dir)
-    full = load_json(run_dir / "config.json")
-    cfg = full.model
-    if cfg.kind != "unet":
-        raise ExportError(f"{run_dir}: model.kind is {cfg.kind!r}; only UNet runs map onto diffusers' UNet2DModel")
-    if not cfg.resamp_with_conv:
-        raise ExportError(f"{run_dir}: model.resamp_with_conv is false; UNet2DModel's resamplers are convolutions")
-    older = _older_code(run_dir)
-    if older:
-        raise ExportError(f"{run_dir}: {older}; run its training command again (it retrains the run with today's "
-                          "code), then export")
-    try:
-        from diffusers import DDIMScheduler, UNet2DModel
-    except ImportError:
-        raise ExportError("exporting needs diffusers (it is in requirements.txt: make venv)") from None
-    model, _ = load(run_dir)
-    try:
-        groups = _groups(model)
-    except ExportError as e:
-        raise ExportError(f"{run_dir}: {e}") from None
-    dcfg = diffusers_config(cfg, groups)
-    dmodel = UNet2DModel(**dcfg)
-    dmodel.load_state_dict(_ours_to_diffusers(model.state_dict(), dmodel, len(cfg.ch_mult)), strict=True)
-    tmp = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        dmodel.save_pretrained(str(tmp), safe_serialization=True)
-        d = full.diffusion
-        DDIMScheduler(num_train_timesteps=d.T, beta_start=d.beta_start, beta_end=d.beta_end,
-                      beta_schedule="linear").save_pretrained(str(tmp))
-        diff = max_eps_difference(model, UNet2DModel.from_pretrained(str(tmp), low_cpu_mem_usage=False).eval(), cfg,
-                                  d.T, seed=seed)
-        back, _ = load(tmp)  # the import path reads exactly the run's weights
-        ours, theirs = model.state_dict(), back.state_dict()
-        if ours.keys() != theirs.keys() or not all(torch.equal(ours[k], theirs[k]) for k in ours):
-            raise ValueError("the weights read back differ from the run's")
-        if diff > TOLERANCE:
-            raise ValueError(f"the exported model's ε differs from the run's by {diff:.3g} > {TOLERANCE}")
-        (tmp / "export.json").write_text(json.dumps({"run": run_dir.name, "max_abs_eps_diff": diff}, indent=1) + "\n")
-        old = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
-        if out_dir.exists():  # an earlier export (see _destination): replaced only now, by a verified one
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_failed(e, out_dir) from None
-    return {"out": out_dir, "max_abs_diff": diff}
-
-
-@torch.no_grad()
-def max_eps_difference(ours, theirs, cfg, T: int, *, seed: int = 0, n: int = 8) -> float:
-    """max |ε_ours(x, t) − ε_diffusers(x, t)| over ``n`` Gaussian inputs at timesteps spread over [0, T)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g)
-    t = torch.linspace(0, T - 1, n).round().long()
-    a = ours.float().eval()(x, t)
-    b = theirs.float()(x, t).sample
-    return float((a - b).abs().max())

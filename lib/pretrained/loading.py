@@ -1,132 +1,28 @@
-"""Pretrained ε-networks: the public DDPM checkpoints, the DDIM code's training checkpoints and
-diffusers UNet2DModel folders, loaded into :class:`lib.unet.UNet` (docs/method.md §6).
-
-    model, model_cfg = load_unet("ema_cifar10")                 # data/pretrained/ema_cifar10/…, offline
-    model, model_cfg = load_unet("path/to/ckpt.pth")            # the DDIM code's [model, opt, epoch, step, ema]
-    model, model_cfg = load_unet("path/to/ddpm-cifar10-32")     # a diffusers folder (config.json + weights)
-    python -m lib.pretrained fetch ema_cifar10                  # the one step that uses the network
-
-Sources, in this order: an existing path (a file, a diffusers folder, or a lib.train run directory),
-else a name of :data:`CHECKPOINTS` looked up under ``data/pretrained/``. Nothing is downloaded
-implicitly; a missing file raises :class:`PretrainedMissing` saying what is missing, where to put it
-and where to get it.
+"""Reading pretrained ε-networks into :class:`lib.unet.UNet`: the DDPM checkpoints, the DDIM code's training
+checkpoints, diffusers UNet2DModel folders and this project's runs (docs/method.md §6).
 
 The architecture is inferred from the weights (channels, multipliers, blocks, attention levels; the
 resolution from the attention level, which the reference configurations all place at 16×16) and the
 state dict must then match it name for name and shape for shape. The reference code's GroupNorm
 always has 32 groups, a number the weights do not record: reference checkpoints are built with
 ``norm_groups=32``, and :func:`init_weights` refuses to put them into a model whose groups differ.
-diffusers folders are read (and runs exported) by lib.diffusers_format; files are downloaded by
-lib.infra.download.
+Files are read with ``torch.load(weights_only=True)`` after a size bound.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from lib import diffusers_format
-from lib.infra import download as dl
 from lib.infra.config import ConfigError, ModelConfig
 from lib.infra.download import file_md5
-from lib.infra.paths import ROOT
+from lib.pretrained import diffusers_format
+from lib.pretrained.checkpoints import CHECKPOINTS, PretrainedError, expected_md5, resolve
 from lib.unet import UNet
 
-__all__ = ["CHECKPOINTS", "PretrainedMissing", "PretrainedError", "load_unet", "load_state", "infer_config",
-           "init_weights", "file_md5", "download", "fetch", "pretrained_dir", "main"]
-
 REFERENCE_GROUPS = 32  # the DDIM/DDPM code's Normalize(): GroupNorm(32, C)
-
-# The DDIM code's functions/ckpt_util.py (URL_MAP, CKPT_MAP, MD5_MAP): the DDPM authors' TF checkpoints
-# converted to PyTorch state dicts of the DDIM code's Model. 'ddim_celeba': the DDIM authors' CelebA-64
-# model (Google Drive, linked from the DDIM README; no checksum is published, so none is checked).
-_HEIBOX = "https://heibox.uni-heidelberg.de/f/{}/?dl=1"
-CHECKPOINTS = {
-    "cifar10": dict(url=_HEIBOX.format("869980b53bf5416c8a28"), md5="82ed3067fd1002f5cf4c339fb80c4669",
-                    file="model-790000.ckpt", resolution=32, dropout=0.1, dataset="cifar10"),
-    "ema_cifar10": dict(url=_HEIBOX.format("2e4f01e2d9ee49bab1d5"), md5="1fa350b952534ae442b1d5235cce5cd3",
-                        file="model-790000.ckpt", resolution=32, dropout=0.1, dataset="cifar10"),
-    "lsun_bedroom": dict(url=_HEIBOX.format("f179d4f21ebc4d43bbfe"), md5="f70280ac0e08b8e696f42cb8e948ff1c",
-                         file="model-2388000.ckpt", resolution=256, dropout=0.0, dataset="lsun_bedroom"),
-    "ema_lsun_bedroom": dict(url=_HEIBOX.format("b95206528f384185889b"), md5="1921fa46b66a3665e450e42f36c2720f",
-                             file="model-2388000.ckpt", resolution=256, dropout=0.0, dataset="lsun_bedroom"),
-    "lsun_cat": dict(url=_HEIBOX.format("fac870bd988348eab88e"), md5="bbee0e7c3d7abfb6e2539eaf2fb9987b",
-                     file="model-1761000.ckpt", resolution=256, dropout=0.0, dataset="lsun_cat"),
-    "ema_lsun_cat": dict(url=_HEIBOX.format("0701aac3aa69457bbe34"), md5="646f23f4821f2459b8bafc57fd824558",
-                         file="model-1761000.ckpt", resolution=256, dropout=0.0, dataset="lsun_cat"),
-    "lsun_church": dict(url=_HEIBOX.format("2711a6f712e34b06b9d8"), md5="eb619b8a5ab95ef80f94ce8a5488dae3",
-                        file="model-4432000.ckpt", resolution=256, dropout=0.0, dataset="lsun_church"),
-    "ema_lsun_church": dict(url=_HEIBOX.format("44ccb50ef3c6436db52e"), md5="fdc68a23938c2397caba4a260bc2445f",
-                            file="model-4432000.ckpt", resolution=256, dropout=0.0, dataset="lsun_church"),
-    "ddim_celeba": dict(url="https://drive.google.com/uc?id=1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR", md5=None,
-                        file="ckpt.pth", resolution=64, dropout=0.1, dataset="celeba", manual=True),
-    "google/ddpm-cifar10-32": dict(hub="google/ddpm-cifar10-32", md5=None, file=None, resolution=32, dropout=0.1,
-                                   dataset="cifar10"),
-}
-
-
-class PretrainedError(ValueError):
-    """A checkpoint that cannot be read or does not fit this UNet; the message names the problem and the fix."""
-
-
-class PretrainedMissing(FileNotFoundError):
-    """A named checkpoint is not on this machine: the message says where to put it and where to get it."""
-
-
-# ---------------------------------------------------------------------------- files
-def pretrained_dir(root=None) -> Path:
-    return Path(root or ROOT) / "data" / "pretrained"
-
-
-def _local_name(name: str) -> str:
-    return name.replace("/", "--")
-
-
-def _named_path(name: str, root=None) -> Path:
-    entry = CHECKPOINTS[name]
-    folder = pretrained_dir(root) / _local_name(name)
-    return folder / entry["file"] if entry.get("file") else folder
-
-
-def _missing(name: str, where: Path) -> PretrainedMissing:
-    e = CHECKPOINTS[name]
-    if e.get("hub"):
-        get = f"`python -m lib.pretrained fetch {name}` (huggingface_hub), or download the folder {e['hub']} by hand"
-    elif e.get("manual"):
-        get = f"download {e['url']} by hand (Google Drive; no checksum is published)"
-    else:
-        get = f"`python -m lib.pretrained fetch {name}` on a machine with network, or download {e['url']} (MD5 {e['md5']})"
-    return PretrainedMissing(f"the pretrained checkpoint {name!r} is not at {where}; place it there: {get}")
-
-
-def resolve(source, root=None, manifest=None) -> tuple[Path, str | None]:
-    """(path, known name or None) of a source: an existing path, else a name in :data:`CHECKPOINTS`.
-    A rehearsal ``manifest`` (lib.infra.rehearsal) that lists the name puts its fixture in that name's
-    place; nothing else ever reads a manifest."""
-    name = str(source)
-    if manifest is not None and name in manifest.checkpoints:
-        where = Path(manifest.checkpoints[name]["path"])
-        if not where.is_file():
-            raise PretrainedMissing(f"the rehearsal fixture {where} for {name!r} (listed in {manifest.path}) is gone; "
-                                    f"run scripts/rehearse.py again to remake the fixtures")
-        return where, name
-    p = Path(source)
-    if p.exists():
-        return p, None
-    if name in CHECKPOINTS:
-        where = _named_path(name, root)
-        if not where.exists():
-            raise _missing(name, where)
-        return where, name
-    raise PretrainedMissing(f"{source!r} is neither an existing file or folder nor a known checkpoint name; "
-                            f"known names: {', '.join(CHECKPOINTS)}")
-
 
 # ---------------------------------------------------------------------------- reading state dicts
 MAX_BYTES = 8 << 30  # the largest checkpoint read (the LSUN-256 DDIM checkpoints with optimiser state: ~2 GiB)
@@ -160,7 +56,6 @@ def _check_archive(path: Path) -> None:
 def _read(path: Path):
     """``torch.load(weights_only=True)`` after the size bound; refused pickles and unreadable files are
     one message of our own (torch's advice to load with weights_only=False is never the fix here)."""
-    _check_archive(path)
     with open(path, "rb") as f:
         head = f.read(64)
     if not head:
@@ -169,6 +64,7 @@ def _read(path: Path):
     if head.lstrip()[:1] == b"<":
         raise PretrainedError(f"{path} is an HTML/XML page, not a checkpoint (a server's error page saved in its "
                               "place?): delete it and fetch it again")
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated download, wrong file type, pickle of foreign objects
@@ -226,22 +122,15 @@ def _verified_run(path: Path):
         raise PretrainedError(str(e)) from None
 
 
-def _expected_md5(name: str | None, manifest=None) -> str | None:
-    """The MD5 a named checkpoint must have: the published one, or the rehearsal manifest's for its fixture."""
-    if name and manifest is not None and name in manifest.checkpoints:
-        return manifest.checkpoints[name]["md5"]
-    return CHECKPOINTS[name].get("md5") if name else None
-
-
 def load_state(source, *, entry: str = "ema", root=None, manifest=None) -> dict:
     """Read a source into ``{"state_dict", "layout", "path", "name", "config" (or None), "groups"}``.
 
     A named checkpoint with a published MD5 is verified first. ``config`` is the ModelConfig a diffusers
     folder or a lib.train run states; None for bare weights
-    (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers),
-    None (this project's rule) for lib.train runs."""
+    (then :func:`infer_config`). ``groups``: 32 for reference checkpoints (DDIM layout, diffusers); for
+    lib.train runs their ``model.norm_groups``, None where that is 0 (this project's width rule)."""
     path, name = resolve(source, root, manifest)
-    known_md5 = _expected_md5(name, manifest)
+    known_md5 = expected_md5(name, manifest)
     if known_md5 and file_md5(path) != known_md5:  # a named checkpoint must be the published file
         raise PretrainedError(f"{path} has MD5 {file_md5(path)}, but {name} should have {known_md5}: the file is "
                               "corrupt or another checkpoint; delete it and fetch it again")
@@ -270,9 +159,8 @@ def load_state(source, *, entry: str = "ema", root=None, manifest=None) -> dict:
     own = (path.parent / "config.json").is_file() and (path.parent / "run.json").is_file()
     if own:  # a checkpoint of a lib.train run: its own config and this project's group rule
         from lib.infra.config import load_json
-        own_cfg = load_json(path.parent / "config.json").model
-        return dict(state_dict=sd, layout=layout, path=path, name=name, config=own_cfg,
-                    groups=own_cfg.norm_groups or None)
+        return dict(state_dict=sd, layout=layout, path=path, name=name, config=load_json(path.parent / "config.json").model,
+                    groups=None)
     return dict(state_dict=sd, layout=layout, path=path, name=name, config=None, groups=REFERENCE_GROUPS)
 
 
@@ -341,7 +229,7 @@ def load_unet(source, *, device="cpu", entry: str = "ema", resolution: int | Non
 
     ``source``: a path or a :data:`CHECKPOINTS` name (see the module docstring); ``entry``: 'ema'
     (default) or 'model' for checkpoints holding both. Reference checkpoints get 32 GroupNorm groups
-    (``model.norm_groups``); lib.train runs this project's rule. ``manifest``: a rehearsal's (lib.infra.rehearsal)."""
+    (``model.norm_groups``); lib.train runs this project's rule."""
     st = load_state(source, entry=entry, root=root, manifest=manifest)
     cfg = st["config"]
     if cfg is None:
@@ -382,86 +270,3 @@ def init_weights(model: torch.nn.Module, source, *, entry: str = "ema", root=Non
         _load_strict(model, st["state_dict"], st["path"])
     md5 = file_md5(st["path"])  # named checkpoints were checked against their published MD5 in load_state
     return {"source": str(source), "path": str(st["path"]), "layout": st["layout"], "entry": entry, "md5": md5}
-
-
-# ---------------------------------------------------------------------------- fetching (explicit only)
-@contextlib.contextmanager
-def _as_pretrained_errors():
-    """lib.infra.download's failures as this module's: PretrainedMissing (nothing arrived) or PretrainedError."""
-    try:
-        yield
-    except dl.DownloadFailed as e:
-        raise PretrainedMissing(str(e)) from None
-    except dl.DownloadRefused as e:
-        raise PretrainedError(str(e)) from None
-
-
-def download(url: str, dest: Path, md5: str | None, kind: str | None = None, min_bytes: int | None = None) -> Path:
-    """:func:`lib.infra.download.download` (complete, verified, nothing partial kept), failing as PretrainedMissing
-    or PretrainedError."""
-    with _as_pretrained_errors():
-        return dl.download(url, dest, md5, kind, min_bytes)
-
-
-def fetch(name: str, root=None) -> Path:
-    """Download a :data:`CHECKPOINTS` entry into ``data/pretrained/`` and verify its MD5 (where one is
-    published); skipped when the file is already there with the right checksum."""
-    if name not in CHECKPOINTS:
-        raise PretrainedMissing(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
-    e, dest = CHECKPOINTS[name], _named_path(name, root)
-    if e.get("hub"):
-        with _as_pretrained_errors():
-            return dl.hub_folder(e["hub"], dest, name)
-    if e.get("manual"):
-        if dest.is_file():
-            return dest
-        raise _missing(name, dest)
-    if dest.is_file():
-        if file_md5(dest) == e["md5"]:
-            print(f"{name}: already in place ({dest}, MD5 ok)", file=sys.stderr)
-            return dest
-        print(f"{name}: {dest} has the wrong MD5; downloading again", file=sys.stderr)
-    return download(e["url"], dest, e["md5"])
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.pretrained", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download a named checkpoint (make fetch: python -m lib.experiment.fetch)")
-    f.add_argument("name", help=f"one of: {', '.join(CHECKPOINTS)}")
-    f.add_argument("--root", default=None, help="repository root to write data/ under (default: this repository)")
-    sub.add_parser("list", help="the known checkpoints and whether they are in place")
-    i = sub.add_parser("info", help="load a source and print the architecture it implies")
-    i.add_argument("source")
-    x = sub.add_parser("export", help="write a lib.train run's EMA weights as a diffusers UNet2DModel folder")
-    x.add_argument("run_dir")
-    x.add_argument("out_dir")
-    a = p.parse_args(argv)
-    if a.cmd == "export":  # the inverse mapping, checked against the run's ε
-        try:
-            r = diffusers_format.export_run(a.run_dir, a.out_dir, load=load_unet)
-        except (diffusers_format.ExportError, PretrainedError) as e:
-            print(f"error: cannot export: {e}", file=sys.stderr)
-            return 2
-        print(f"{r['out']}: diffusers UNet2DModel (config.json, diffusion_pytorch_model.safetensors, "
-              f"scheduler_config.json); max |Δε| against the run = {r['max_abs_diff']:.2e}")
-        return 0
-    try:
-        if a.cmd == "list":
-            for name in CHECKPOINTS:
-                where = _named_path(name)
-                print(f"{name:24s} {'present' if where.exists() else 'missing'}  {where}")
-        elif a.cmd == "info":
-            model, cfg = load_unet(a.source)
-            print(json.dumps({"config": cfg.__dict__, "norm_groups": model.norm_groups,
-                              "parameters": sum(q.numel() for q in model.parameters())}, indent=2, default=list))
-        else:
-            print(fetch(a.name, a.root))
-    except (PretrainedError, PretrainedMissing) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
