@@ -68,7 +68,7 @@ def fixtures_ok(manifest_path: Path) -> bool:
         return False
 
 
-def write_note(out: Path, profile: str, overrides: list[str], device: str, manifest: Path) -> Path:
+def write_note(out: Path, profile: str, overrides: list[str], device: str, manifest: Path, nb08: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# A rehearsal of profile `{profile}`: no number here is a result", "",
              f"These tables and figures come from `python scripts/rehearse.py --profile {profile}`: the `{profile}` "
@@ -76,7 +76,9 @@ def write_note(out: Path, profile: str, overrides: list[str], device: str, manif
              "(synthetic images in CIFAR-10's format, a random stand-in for the Inception network and statistics "
              "computed with it, random weights under the name `ema_cifar10`). They test that the route runs; "
              "they measure nothing.", "", f"Manifest: `{manifest.name}` at the rehearsal's root.", "",
-             "Overrides on the profile:", "", *[f"- `{o}`" for o in overrides], ""]
+             "Overrides on the profile:", "", *[f"- `{o}`" for o in overrides], "",
+             f"Notebook 08's plan (from the manifest): {nb08}. Notebook 02's Monte Carlo checks take ci's 20,000 "
+             "draws per cell.", ""]
     p = out / "REHEARSAL.md"
     p.write_text("\n".join(lines), encoding="utf-8")
     return p
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
         fixtures.make(root, a.profile, cfg, overrides, nb08)
     overrides = [*overrides, f"experiment.rehearsal={manifest}"]
     print("overrides (sizes only; REHEARSAL.md records them beside the tables):\n  " + "\n  ".join(overrides), flush=True)
-    write_note(P.published_figures, a.profile, overrides, device, manifest)
+    write_note(P.published_figures, a.profile, overrides, device, manifest, nb08)
 
     from preflight import preflight_lines
     ok, lines = preflight_lines(a.profile, overrides, root)

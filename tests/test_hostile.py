@@ -320,13 +320,14 @@ def p_wi_huge_channels(h):
     sd = {"conv_in.weight": torch.zeros(8192, 3, 3, 3), "conv_out.weight": torch.zeros(3, 8192, 3, 3),
           "down.0.block.0.conv1.weight": torch.zeros(8192, 1, 1, 1), "down.0.attn.0.q.weight": torch.zeros(1)}
     torch.save(sd, h.tmp / "model.ckpt")
-    real = pretrained._build
+    from lib.pretrained import loading
+    real = loading._build
 
     def guarded(cfg, groups):
         if torch.empty(0).device.type != "meta" and cfg.ch > 1024:
             pytest.fail(f"allocated a {cfg.ch}-channel model before checking the weights")
         return real(cfg, groups)
-    h.mp.setattr(pretrained, "_build", guarded)
+    h.mp.setattr(loading, "_build", guarded)
     h.refused(PE(), lambda: pretrained.load_unet(h.tmp / "model.ckpt"), "do not fit")
 
 
@@ -790,7 +791,7 @@ def p_cp_run_deleted_while_training(h):
 @probe("caches and provenance", "a CIFAR-10 batch replaced by a marker-writing pickle",
        "refused naming the file; the marker never appears")
 def p_cp_cifar_payload(h):
-    from lib import data
+    from lib import readers as data
     folder = data.cifar10_folder(h.tmp)
     folder.mkdir(parents=True)
     for f in data.CIFAR10_TRAIN_FILES:
@@ -971,12 +972,12 @@ def p_rd_disk_full_export(h):
 # ============================================================================ fetch
 def fetch_env(h):
     """`make fetch`'s targets under this probe's folder: no network, the dataset step done."""
-    from lib import data
+    from lib import readers
     from lib.measure import fid
     h.offline()
     h.mp.setattr(fid, "INCEPTION_DIR", str(h.tmp / "incep"))
     h.mp.setattr(fid, "STATS_DIR", str(h.tmp / "stats"))
-    h.mp.setattr(data, "load_cifar10", lambda *a, **k: None)
+    h.mp.setattr(readers, "load_cifar10", lambda *a, **k: None)
     (h.tmp / "incep").mkdir()
     (h.tmp / "stats").mkdir()
 
@@ -1041,7 +1042,7 @@ def p_fe_html_stats(h):
 def p_fe_truncated_ckpt(h):
     from lib import pretrained
     h.offline()
-    dest = pretrained._named_path("ema_cifar10", h.tmp)
+    dest = pretrained.checkpoints.named_path("ema_cifar10", h.tmp)
     dest.parent.mkdir(parents=True)
     dest.write_bytes(b"PK\x03\x04" + b"\0" * 5000)
     rc, _, err = h.call(pretrained_main(), "fetch", "ema_cifar10", "--root", h.tmp)
@@ -1060,7 +1061,7 @@ def p_fe_html_served(h):
     real = download.urllib.request.urlopen
     h.mp.setattr(download.urllib.request, "urlopen", lambda url, **k: real(page.as_uri()))
     rc, _, err = h.call(pretrained_main(), "fetch", "ema_cifar10", "--root", h.tmp)
-    assert rc == 2 and not pretrained._named_path("ema_cifar10", h.tmp).exists()
+    assert rc == 2 and not pretrained.checkpoints.named_path("ema_cifar10", h.tmp).exists()
     error_line(err, "MD5", "nothing was kept")
 
 
@@ -1093,7 +1094,7 @@ def p_fe_hub_no_network(h):
 def p_fe_hub_html_config(h):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     from lib import pretrained
-    folder = pretrained._named_path("google/ddpm-cifar10-32", h.tmp)
+    folder = pretrained.checkpoints.named_path("google/ddpm-cifar10-32", h.tmp)
     folder.mkdir(parents=True)
     (folder / "config.json").write_bytes(HTML)
 
@@ -1108,7 +1109,7 @@ def p_fe_hub_html_config(h):
 @probe("fetch", "an HTML page or a truncated pickle as a CIFAR-10 batch",
        "one line naming the batch and how to fetch it again")
 def p_fe_cifar_html(h):
-    from lib import data
+    from lib import readers as data
     folder = data.cifar10_folder(h.tmp)
     folder.mkdir(parents=True)
     for f in data.CIFAR10_TRAIN_FILES:
@@ -1132,6 +1133,54 @@ def p_fe_cifar_download_offline(h):
                         "--set", "train.device=cpu", "--set", f"data.root={h.tmp / 'data'}", "--set", "data.download=true")
     assert rc == 2
     error_line(err, "CIFAR-10", "tar -xzf")
+
+
+@probe("caches and provenance", "the training set's Inception-feature cache made by other code, for other images, or torn",
+       "rebuilt with a warning naming the file and why (other code, other images, torn); never reused")
+def p_cp_reference_features(h):
+    from lib.measure import fid, reference
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    kw = dict(dataset="cifar10", mode="legacy_tensorflow", cache_dir=h.tmp, progress=False)
+    h.mp.setattr(fid, "inception_features", lambda images, **k: images.float().flatten(1)[:, :64].numpy())
+    reference.reference_features(x, **kw)
+    meta = next(h.tmp.glob("*.json"))
+    key = json.loads(meta.read_text())
+    for field, value, why in (("code", {"lib/measure/fid.py": "0"}, "another code"),
+                              ("images_sha256", "0" * 64, "another images_sha256")):
+        meta.write_text(json.dumps({**key, field: value}))
+        with pytest.warns(UserWarning, match=why):
+            reference.reference_features(x, **kw)
+    meta.write_text('{"torn')
+    with pytest.warns(UserWarning, match="torn"):
+        reference.reference_features(x, **kw)
+    assert json.loads(meta.read_text()) == key  # rebuilt under today's key
+
+
+@probe("roots and disks", "`make lab` run as root (Docker, cloud GPU images)",
+       "JupyterLab is started with --allow-root only where the user is root, on the project's own kernel")
+def p_rd_make_lab_as_root(h):
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    r = subprocess.run(["make", "-n", "--no-print-directory", "lab", "VENV=" + str(h.tmp / "venv")], cwd=ROOT,
+                       capture_output=True, text=True)
+    lab = next(ln for ln in r.stdout.splitlines() if "jupyter lab" in ln)
+    assert ("--allow-root" in lab) == (os.geteuid() == 0) and "allowed_kernelspecs=s2dm-" in lab, lab
+
+
+@probe("fetch", "`make torch` where PyTorch's CPU wheel index is unreachable (no NVIDIA GPU)",
+       "says so in one line and installs the pinned torch from the default index instead")
+def p_fe_cpu_wheel_fallback(h):
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    bin_ = h.tmp / "bin"
+    bin_.mkdir()
+    env = {**os.environ, "PATH": f"{bin_}:/usr/bin:/bin"}  # no nvidia-smi on PATH
+    r = subprocess.run(["make", "--no-print-directory", "torch", "PIP=echo", "TORCH_PROBE=false", "TORCH_INDEX=auto",
+                        "PY=" + sys.executable], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stdout.splitlines() if ln.startswith("make:")]
+    one_line("\n".join(said), "unreachable", "default index")
+    assert any(ln.startswith("install") and "torch==" in ln and "--index-url" not in ln for ln in r.stdout.splitlines())
 
 
 # ============================================================================ preflight and rehearsal
@@ -1560,6 +1609,7 @@ def p_fc_repo_without_lib(h):
        "pip's message, then one line: connect and run the cell again, or set S2DM_NO_INSTALL=1 where the packages are present")
 def p_fc_install_offline(h):
     url = git_repo(h.tmp / "repo", {"lib/samplers.py": "", "lib/__init__.py": "",
+                                   "scripts/bootstrap.py": (ROOT / "scripts" / "bootstrap.py").read_text(),
                                    "scripts/install_missing.py": (ROOT / "scripts" / "install_missing.py").read_text(),
                                    "requirements.txt": "s2dm-surely-absent-package==1.0\n"})
     r = first_cell(h, S2DM_REPO_URL=url, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0",

@@ -6,6 +6,7 @@ One rehearsal of profile gpu (module scope, a few minutes on 2 cores) serves the
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,3 +267,15 @@ def test_fd_point_estimate_at_inception_dimensions_is_the_sqrtm_value():
     for n in (d // 4, 2 * d):
         f = rng.normal(size=(n, d)) * 1.1 + 0.05
         assert metrics.fd_bootstrap(f, ref, n_boot=2)["value"] == pytest.approx(metrics.fd_from_features(f, ref), rel=1e-7)
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv" / "bin" / "python").exists(),
+                    reason="needs make and the project's .venv")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the preflight may pass and the hours start")
+def test_make_reproduce_at_gpu_stops_at_the_preflight(tmp_path):
+    """`make reproduce PROFILE=gpu` starts with the preflight: without CUDA and the files it stops there, no
+    notebook run, nothing written under the output root."""
+    r = subprocess.run(["make", "--no-print-directory", "reproduce", "PROFILE=gpu", f"ROOT_OUT={tmp_path}",
+                        f"PY={ROOT}/.venv/bin/python"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "MISSING" in r.stdout and "preflight: not ready" in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "figures").exists() and "-- 01_noise_schedule" not in r.stdout

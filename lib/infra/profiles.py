@@ -101,16 +101,17 @@ NOTEBOOK_08 = {
 
 # ---------------------------------------------------------------------------- the rehearsal
 # scripts/rehearse.py runs the gpu/paper notebooks through their own code paths with these sizes only
-# (training steps, batch, samples, seeds, sampler step counts, bootstrap replicates, notebook 08's plan,
-# the model's width with the paper's 32 GroupNorm groups kept), on fixtures made on the spot, within
-# minutes on 2 CPU cores. No number a rehearsal writes is a result (REHEARSAL.md beside its tables).
+# (training steps, batch, samples, seeds and the seeds that run the full sweep, sampler step counts (4 and 5:
+# divisors of T, so the uniform grid has S steps), bootstrap replicates, notebook 08's plan, notebook 02's
+# Monte Carlo draws as at ci, the model's width with the paper's 32 GroupNorm groups kept), on fixtures made
+# on the spot, within minutes on 2 CPU cores. No number a rehearsal writes is a result (REHEARSAL.md beside its tables).
 REHEARSAL_SIZES = {
     "model.ch": 32, "model.norm_groups": 32,
     "train.steps": 16, "train.batch_size": 8, "train.ckpt_every": 8, "train.log_every": 4,
-    "sample.n_samples": 12, "sample.batch_size": 12, "sample.steps": (3, 4),
+    "sample.n_samples": 12, "sample.batch_size": 12, "sample.steps": (4, 5),
     "eval.n_boot": 50,
-    "toy.n_seeds": 2, "toy.steps": 60, "toy.batch_size": 128, "toy.n_samples": 400, "toy.sample_steps": (3, 4),
-    "experiment.n_seeds": 2, "experiment.related_steps": (3, 4), "experiment.related_seeds": 2,
+    "toy.n_seeds": 2, "toy.steps": 60, "toy.batch_size": 128, "toy.n_samples": 400, "toy.sample_steps": (4, 5),
+    "experiment.n_seeds": 2, "experiment.sweep_seeds": 1, "experiment.related_steps": (4, 5), "experiment.related_seeds": 2,
     "experiment.related_n_samples": 8, "experiment.related_toy_samples": 300, "experiment.cdm_finetune": 4,
     "experiment.cdm_toy_finetune": 10, "experiment.cdm_chain_steps": 2, "experiment.dose_image_seeds": 1,
     "experiment.control_seeds": 1,
@@ -118,4 +119,4 @@ REHEARSAL_SIZES = {
 # What each profile adds: paper trains every run through torchrun (two processes over gloo on a CPU).
 REHEARSAL_PROFILE_SIZES = {"gpu": {}, "paper": {"train.nproc": 2}}
 # Notebook 08's plan in a rehearsal (carried by the manifest, lib.infra.rehearsal).
-REHEARSAL_NOTEBOOK_08 = {"steps": (3, 4), "n_samples": 8, "finetune_steps": 4}
+REHEARSAL_NOTEBOOK_08 = {"steps": (4, 5), "n_samples": 8, "finetune_steps": 4}
