@@ -178,8 +178,10 @@ def train_parallel(jobs, workers: int = 0, progress: bool = True) -> dict:
     workers = processes.n_workers(workers, len(pending))
     t_start = time.time()
     if progress and pending:
-        print(f"training {len(pending)} runs ({len(jobs) - len(pending)} already finished), {workers} at a time, "
-              f"one thread each", flush=True)
+        ddp = sum(processes_per_run(jobs[k].cfg) > 1 for k in pending)
+        print(f"training {len(pending)} runs ({len(jobs) - len(pending)} already finished): "
+              f"{len(pending) - ddp} {workers} at a time, one thread each" + (f"; {ddp} through torchrun" if ddp else ""),
+              flush=True)
     watch = None
     if progress and pending and workers > 1:  # one display over every run: steps done / total, per run with its speed
         watch = RunsProgress({k: (_label(k, jobs[k]), jobs[k].out / "loss.csv", jobs[k].cfg.train.steps)
