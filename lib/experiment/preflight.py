@@ -124,7 +124,13 @@ def plan(cfg: Config, profile: str, paths) -> dict:
     (06, 07 and 08 are counted as a share of 04's evaluations: docs/GPU.md)."""
     from lib.experiment import runs, sweep
 
-    jobs = {**runs.image_jobs(cfg, paths), **runs.dose_jobs(cfg, paths)}
+    import tempfile
+
+    from lib.infra.paths import Paths
+
+    with tempfile.TemporaryDirectory() as tmp:  # the jobs' names only: the preflight writes nothing under the root
+        scratch = Paths(profile, tmp)
+        jobs = {**runs.image_jobs(cfg, scratch), **runs.dose_jobs(cfg, scratch)}
     image_jobs = [j for j in jobs.values() if not j.toy]
     train_images = sum(j.cfg.train.steps * j.cfg.train.batch_size for j in image_jobs)
     cells = [(m, S) for s in runs.image_seeds(cfg) for m, S in sweep.seed_cells(cfg, cfg.sample.methods, cfg.sample.steps, s)]

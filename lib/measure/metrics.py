@@ -137,8 +137,8 @@ class _FDToReference:
 
 
 # From this feature dimension on, the point estimate too uses the eigenvalue identity of _FDToReference:
-# scipy's sqrtm takes about 30 s at D = 2,048 on one CPU core (once per cell and arm at gpu/paper), and the
-# classifier features of ci/cpu (D ≤ 256) keep the sqrtm value they always had.
+# scipy's sqrtm takes 15 s at D = 2,048 on one core of the 2-core build machine (11 s on both; once per cell
+# and arm at gpu/paper), and the classifier features of ci/cpu (D ≤ 256) keep the sqrtm value they always had.
 EIG_DIM = 512
 _FD_REFS: dict = {}
 
