@@ -176,7 +176,7 @@ def chromium():
 
 @pytest.fixture
 def lab_env():
-    pytest.importorskip("jupyterlab", reason="JupyterLab is not in this environment (make .venv/.stamp-lab)")
+    pytest.importorskip("jupyterlab", reason="JupyterLab is not in this environment (make .venv/.stamp-dev .venv/.stamp-lab)")
     if not (Path(sys.prefix) / "bin" / "jupyter").exists():
         pytest.skip(f"no {sys.prefix}/bin/jupyter")
 
