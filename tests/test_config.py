@@ -111,9 +111,10 @@ def test_model_norm_groups_zero_is_the_width_rule_and_a_count_applies_to_every_l
     def groups(cfg):
         return {(m.num_channels, m.num_groups) for m in build_model(cfg.model).modules() if isinstance(m, torch.nn.GroupNorm)}
     ci = get_config("ci")
-    assert ci.model.norm_groups == 0 and get_config("cpu").model.norm_groups == 0  # the committed cpu numbers' rule
-    assert groups(ci) == {(c, num_groups(c)) for c, _ in groups(ci)} and len({g for _, g in groups(ci)}) > 1
-    assert {g for _, g in groups(with_overrides(ci, {"model.norm_groups": 4}))} == {4}
+    assert ci.model.norm_groups == 4 and get_config("cpu").model.norm_groups == 4  # one count: every run exports
+    assert {g for _, g in groups(ci)} == {4}
+    rule = with_overrides(ci, {"model.norm_groups": 0})  # 0: lib.unet's width rule, 4 and 8 groups at widths 16/32
+    assert groups(rule) == {(c, num_groups(c)) for c, _ in groups(rule)} and len({g for _, g in groups(rule)}) > 1
     with pytest.raises(ConfigError, match=r"model.norm_groups=3 must divide every width \[16, 32\]"):
         with_overrides(ci, {"model.norm_groups": 3})
     old = ci.to_dict()

@@ -72,7 +72,7 @@ def test_the_model_card_says_how_the_run_was_trained_and_measured(wide_run, tmp_
 
 
 def test_one_group_count_exports_a_small_run_and_its_measurement_reaches_the_card(tmp_path):
-    run = train(tmp_path / "ci4", "model.norm_groups=4")  # the ci widths 16/32, one group count
+    run = train(tmp_path / "ci4")  # the ci profile's widths 16/32 with its one group count (model.norm_groups 4)
     (run / "metric.json").write_text(json.dumps({"name": "KID", "value": 0.0123, "lo": 0.01, "hi": 0.015,
                                                  "covers": "95 % bootstrap over samples"}))
     r = cli("lib.pretrained", "export", str(run), str(tmp_path / "hf"))
@@ -84,7 +84,7 @@ def test_one_group_count_exports_a_small_run_and_its_measurement_reaches_the_car
 
 
 def test_export_refuses_what_diffusers_cannot_represent(tmp_path):
-    ci = train(tmp_path / "ci")  # widths 16/32: this project's rule gives 4 and 8 groups
+    ci = train(tmp_path / "ci", "model.norm_groups=0")  # widths 16/32: this project's width rule gives 4 and 8 groups
     r = cli("lib.pretrained", "export", str(ci), str(tmp_path / "out"))
     assert r.returncode == 2 and "norm_num_groups" in r.stderr and "Traceback" not in r.stderr, r.stderr
     toy = train(tmp_path / "toy", toy=True)

@@ -30,8 +30,10 @@ GPU = {**PAPER, "train.nproc": 1,  # one GPU
 # on 2 cores (measured: docs/profiles.md). The full sweep's 4 samplers x 4 step counts cost ~760 network
 # evaluations per sample per (seed, arm), hence 500 samples per cell and the full sweep on 3 seeds only. Notebook 06 (experiment.related_*, cdm_*, rho_*,
 # es_*) is chosen to fit a few minutes on 2 cores per seed.
+# model.norm_groups 4: one GroupNorm group count for every layer (widths 16 and 32, >= 4 channels per group),
+# so diffusers' UNet2DModel, which takes one count, can hold an exported cpu or ci run (lib.pretrained export).
 CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model.ch": 16, "model.ch_mult": (1, 2, 2),
-       "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.dropout": 0.0,
+       "model.norm_groups": 4, "model.num_res_blocks": 1, "model.attn_resolutions": (), "model.dropout": 0.0,
        "data.dataset": "mnist", "data.image_size": 16, "data.random_flip": False,
        # 2,000 steps are 2x 1/(1 - ema_decay), the EMA ramped in (EDM's ratio 0.05; docs/method.md §8.2):
        # down from 3,000 so that 6 seeds per arm and the dose runs fit the budget (bench/results/seed_budget_cpu.md).
@@ -53,7 +55,7 @@ CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model
 
 # Tiny everything: the notebooks must run end to end in a few minutes on 2 cores.
 CI = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 8, "model.ch": 16, "model.ch_mult": (1, 2),
-      "model.num_res_blocks": 1, "model.attn_resolutions": (4,), "model.dropout": 0.0,
+      "model.norm_groups": 4, "model.num_res_blocks": 1, "model.attn_resolutions": (4,), "model.dropout": 0.0,
       "data.dataset": "digits", "data.image_size": 8, "data.random_flip": False,
       "train.steps": 40, "train.batch_size": 32, "train.lr": 1e-3, "train.ema_decay": 0.9, "train.ema_rampup": 0.05,
       "train.ckpt_every": 20, "train.log_every": 10,
