@@ -1,4 +1,5 @@
-"""Training losses: DDPM's L_0 and S²-DM's τL_0 + (1-τ)L_skip (docs/method.md §1).
+"""Training losses: DDPM's L_0, S²-DM's τL_0 + (1-τ)L_skip (docs/method.md §1) and DDPM-IP's input
+perturbation (docs/method.md §1b).
 
 Every loss returns a **per-sample** loss ``[N]`` (the mean over that sample's pixels); the batch
 reduction lives in the training loop. Explicit ``t`` and noise tensors make each loss
@@ -69,3 +70,25 @@ def s2dm_loss(eps_model, x0, schedule: Schedule, *, skip: int = 9, tau: float = 
     if parts is not None:
         parts["l0"], parts["lskip"] = l0.detach(), lskip.detach()
     return loss
+
+
+def ip_loss(eps_model, x0, schedule: Schedule, *, gamma: float = 0.1, t=None, noise=None, xi=None,
+            generator=None, parts: dict | None = None) -> torch.Tensor:
+    """DDPM-IP (Ning et al. 2023, eq. 9): L = ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t)(ε + γξ), t)‖², ξ ~ N(0, I).
+
+    The input is built from the perturbed noise ε + γξ while the target stays ε. ξ is drawn at every γ, in
+    the slot where :func:`s2dm_loss` draws ε′, so γ = 0 consumes the baseline's random stream and gives its
+    loss (and weights) bit for bit."""
+    if isinstance(gamma, bool) or not gamma >= 0.0:
+        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+    if t is None:
+        t = sample_t(len(x0), schedule.T, generator=generator, device=x0.device)
+    if noise is None:
+        noise = _draw(x0, generator)
+    if xi is None:
+        xi = _draw(x0, generator)  # drawn even at γ = 0: the same stream as the baseline's ε′
+    eps = eps_model(schedule.q_sample(x0, t, noise + gamma * xi), t)
+    l0 = _per_sample_mean(noise - eps)
+    if parts is not None:
+        parts["l0"], parts["lskip"] = l0.detach(), torch.zeros_like(l0)
+    return l0

@@ -20,11 +20,13 @@ from lib.factory import build_model, schedule_of
 from lib.infra.config import Config, ConfigError
 from lib.infra.distributed import RunContext
 from lib.infra.fingerprint import recipe_fingerprint
-from lib.losses import s2dm_loss
+from lib.losses import ip_loss, s2dm_loss
 from lib.related import cdm
 
 PAPER_ARMS = ("baseline", "s2dm")  # the paper's comparison (the baseline is the S²-DM loss with τ = 1)
-ARMS = PAPER_ARMS + ("cdm",)  # every arm trained: the CDM arm is a neighbour (lib.related.cdm, notebook 06)
+# Every arm trained: the CDM arm is a neighbour (lib.related.cdm, notebook 06); the ip arm is DDPM input
+# perturbation (lib.losses.ip_loss, loss.gamma), the other training-side shrinker of the dose–response test.
+ARMS = PAPER_ARMS + ("cdm", "ip")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -39,6 +41,11 @@ def make_loss(cfg: Config, arm: str, schedule):
     L = cfg.loss
     if arm == "cdm":
         return cdm.make_cdm_loss(cfg, schedule)  # the Consistent-Diffusion-Models arm (lib.related)
+    if arm == "ip":
+        def ip_fn(model, x0, generator, parts):
+            return ip_loss(model, x0, schedule, gamma=L.gamma, generator=generator, parts=parts)
+
+        return ip_fn
     tau = 1.0 if arm == "baseline" else L.tau
 
     def loss_fn(model, x0, generator, parts):
@@ -197,4 +204,6 @@ def training_code(model_kind: str, arm: str) -> dict:
     not_taken = [f for k, f in models.items() if k != model_kind]
     if arm != "cdm":
         not_taken.append(cdm.make_cdm_loss)
+    if arm != "ip":
+        not_taken.append(ip_loss)
     return recipe_fingerprint([build_state, step], exclude=not_taken)

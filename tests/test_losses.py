@@ -104,3 +104,24 @@ def test_bad_arguments():
         s2dm_loss(lin_model, x0, S, tau=2.0, t=t, noise=e)
     with pytest.raises(ValueError, match="skip"):
         s2dm_loss(lin_model, x0, S, skip=0, t=t, noise=e)
+
+
+def test_ip_loss_perturbs_the_input_not_the_target_and_gamma_zero_is_the_baseline():
+    from lib.losses import ip_loss
+
+    sch = linear_schedule(1000)
+    x0, t = torch.randn(6, 1, 4, 4), torch.tensor([0.0, 5.0, 99.0, 500.0, 998.0, 999.0])
+    noise, xi = torch.randn_like(x0), torch.randn_like(x0)
+    seen = {}
+
+    def model(x, tt):
+        seen["x"] = x
+        return 0.5 * x
+
+    got = ip_loss(model, x0, sch, gamma=0.3, t=t, noise=noise, xi=xi)
+    torch.testing.assert_close(seen["x"], sch.q_sample(x0, t, noise + 0.3 * xi))
+    torch.testing.assert_close(got, (noise - 0.5 * seen["x"]).pow(2).flatten(1).mean(1))
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(ip_loss(model, x0, sch, gamma=0.0, generator=g1), s2dm_loss(model, x0, sch, tau=1.0, generator=g2))
+    with pytest.raises(ValueError, match="gamma"):
+        ip_loss(model, x0, sch, gamma=-0.1)

@@ -241,3 +241,37 @@ def test_dose_runs_are_named_by_their_setting_in_the_progress_display(tmp_path):
     jobs = runs.dose_jobs(cfg, P)
     key = next(k for k in jobs if k[0] == "images")
     assert runs._label(key, jobs[key]).startswith(f"images {key[1]} s") and key[1] != "s2dm"
+
+
+def test_holm_runs_within_each_declared_family_and_the_claim_test_is_corrected_too():
+    per = {("ddim", 10): [-2.0, -2.5, -1.8, -2.2, -2.4, -1.9], ("ddim", 20): [-1.5, -2.0, -1.7, -2.1, -1.6, -1.8],
+           ("pndm", 10): [0.5, -3.0, 2.0, -1.0, 4.0, -2.5], ("pndm", 20): [1.0, 0.2, -0.5, 0.8, 0.1, -0.3]}
+    fam = {k: "primary" if k[0] == "ddim" else "exploratory" for k in per}
+    dec = stats.decide_cells(per, margin=3.27, families=fam)
+    for f in ("primary", "exploratory"):
+        keys = [k for k in per if fam[k] == f]
+        for col, raw in (("p_holm", "p"), ("tost_p_holm", "tost_p"), ("claim_p_holm", "claim_p")):
+            assert [dec[k][col] for k in keys] == pytest.approx(stats.holm([dec[k][raw] for k in keys]))
+        assert all(dec[k]["family_size"] == 2 and dec[k]["alpha_bound"] == 0.025 for k in keys)
+    # significantly worse *and* inside ±3.27 %: both are said
+    assert dec["ddim", 10]["verdict"] == "worse" and dec["ddim", 10]["equivalent"] and dec["ddim", 10]["below_claim"]
+    one = stats.decide_cells(per, margin=3.27)  # one family of 4: larger Holm p, larger MDE
+    assert one["ddim", 20]["p_holm"] > dec["ddim", 20]["p_holm"] and one["ddim", 20]["mde"] > dec["ddim", 20]["mde"]
+    assert dec["ddim", 10]["mde"] == pytest.approx(stats.mde_paired_t(dec["ddim", 10]["sd"], 6, 0.8, 0.025))
+    d = np.array(per["pndm", 10])
+    assert stats.below_claim(d) == pytest.approx(sps.ttest_1samp(d, 3.27, alternative="less").pvalue)
+    with pytest.raises(ValueError, match="families name other cells"):
+        stats.decide_cells(per, families={("ddim", 10): "primary"})
+
+
+def test_fieller_interval_is_the_set_of_ratios_a_paired_t_test_does_not_reject():
+    rng = np.random.default_rng(3)
+    den = -1.0 + 0.1 * rng.standard_normal(5)
+    num = 0.6 * den + 0.05 * rng.standard_normal(5)
+    f = stats.fieller_ratio(num, den)
+    assert f["bounded"] and f["lo"] < f["ratio"] < f["hi"] and f["ratio"] == pytest.approx(num.mean() / den.mean())
+    grid = np.linspace(f["lo"] - 0.5, f["hi"] + 0.5, 4001)
+    kept = [r for r in grid if sps.ttest_1samp(num - r * den, 0).pvalue >= 0.05]
+    assert min(kept) == pytest.approx(f["lo"], abs=5e-4) and max(kept) == pytest.approx(f["hi"], abs=5e-4)
+    flat = stats.fieller_ratio([1.0, -1.0, 0.5], [0.1, -0.2, 0.15])  # the denominator is not significant
+    assert not flat["bounded"] and math.isnan(flat["lo"])

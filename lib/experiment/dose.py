@@ -1,22 +1,25 @@
-"""The dose–response test of the shrinkage explanation (notebook 06), and the ε-scaling positive control.
+"""The dose–response test of the shrinkage explanation (notebook 06), its positive control, and the ε-scaling control.
 
-docs/method.md §1: the optimum of S²-DM's loss τL_0 + (1−τ)L_skip is the baseline's optimum times
-τ/(τ + (1−τ)c_t²), c_t² = (1−α_skip)/α_skip, i.e. the baseline divided by the implied
+docs/method.md §1: the optimum of S²-DM's loss τL_0 + (1−τ)L_skip is the baseline's optimum divided by the
+implied λ_t = (τ + (1−τ)c_t²)/τ; §1b: DDPM-IP's (input ε + γξ, target ε) is the clean optimum divided by
+λ_t = 1 + γ²(1−ᾱ_t)/(ᾱ_t σ² + 1 − ᾱ_t) for Gaussian data (lib.experiment.shrinkers). If a training-side
+shrinker does nothing but that, then at *every* dose, for every sampler and step count,
 
-    λ_t = (τ + (1−τ)c_t²)/τ        (λ_t = 1 for t < skip).
+    observed  = metric(trained arm) − metric(baseline)              (per training seed)
+    predicted = metric(baseline ÷ implied λ_t) − metric(baseline)   (lib.related.epsscale)
 
-If that is all the loss does, then at *every* loss strength (skip, τ), for every sampler and step count,
+agree, and their difference observed − predicted = metric(trained) − metric(baseline ÷ λ_t) is 0. Each is
+a per-seed paired difference (seed s of every model shares train.seed = s and the initial noise x_T of
+seed s), combined over training seeds by the Student-t interval of lib.measure.stats.seed_interval (it
+covers seed-to-seed variation and each seed's sampling noise, since x_T differs by seed); beside each
+difference its MDE (80 % power, two-sided α 0.05, from the seed SD of the difference), what a "no
+difference" could have excluded. Images are measured on KID (the headline, ``sample.n_samples`` samples)
+and FD_clf from the same samples.
 
-    observed  = metric(trained S²-DM) − metric(baseline)            (per training seed)
-    predicted = metric(baseline ÷ implied λ_t) − metric(baseline)   (lib.related.epsscale.ImpliedS2DM)
-
-agree, and their difference observed − predicted = metric(S²-DM) − metric(baseline ÷ λ_t) is 0. Each
-is a per-seed paired difference (seed s of every model shares train.seed = s and the initial noise x_T
-of seed s), combined over training seeds by the Student-t interval of lib.measure.stats.seed_interval
-(the interval covers seed-to-seed variation and each seed's sampling noise, since x_T differs by seed).
-
-The positive control asks whether *any* ε scaling helps at this scale: constant λ (λ < 1 included) on
-the baseline, DDIM, ``metric(baseline ÷ λ) − metric(baseline)`` per seed with its t-interval.
+The positive control (:func:`positive_control`): where the implied scaling helps (its predicted interval
+below 0), the fraction of that gain each trained arm reaches, observed/predicted, with Fieller's interval
+over seeds. The ε-scaling control asks whether *any* constant λ (λ < 1 included) helps the baseline, DDIM,
+on every control seed, with each cell's MDE.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import numpy as np
 import torch
 
 from lib import data, generate
-from lib.experiment import runs
+from lib.experiment import runs, shrinkers
 from lib.experiment.evaluate import ImageEvaluator, image_cell, sample_seed
+from lib.experiment.shrinkers import implied_lambda  # noqa: F401  (the S²-DM scaling, re-exported for notebooks)
 from lib.factory import schedule_of
 from lib.infra import processes
 from lib.infra.config import Config, toy_config, with_overrides
@@ -37,33 +41,37 @@ from lib.experiment.workers import call_in_workers
 from lib import samplers
 
 TOY_METRICS = ("mmd", "nll")
-DOSE_COLUMNS = ("model", "metric", "skip", "tau", "lambda_max", "sampler", "steps", "predicted", "predicted_lo",
-                "predicted_hi", "observed", "observed_lo", "observed_hi", "difference", "difference_lo",
-                "difference_hi", "n_seeds", "excludes_0")
-CONTROL_COLUMNS = ("lambda", "sampler", "steps", "baseline", "diff", "lo", "hi", "rel %", "n_seeds", "helps")
+KEY = ("model", "metric", "arm", "skip", "tau", "gamma", "sampler", "steps")  # one dose cell; "" where n/a
+DOSE_COLUMNS = (*KEY[:6], "lambda_max", *KEY[6:], "predicted", "predicted_lo", "predicted_hi", "observed", "observed_lo",
+                "observed_hi", "difference", "difference_lo", "difference_hi", "difference_mde", "n_seeds", "excludes_0")
+SEED_COLUMNS = (*KEY, "seed", "baseline", "trained", "implied")
+CONTROL_COLUMNS = ("metric", "lambda", "sampler", "steps", "baseline", "diff", "lo", "hi", "mde", "rel %", "rel lo %",
+                   "rel hi %", "mde %", "n_seeds", "helps")
+CONTROL_SEED_COLUMNS = ("metric", "lambda", "sampler", "steps", "seed", "baseline", "scaled")
+POSITIVE_COLUMNS = ("arm", "model", "metric", "skip", "tau", "gamma", "sampler", "steps", "predicted", "observed",
+                    "fraction", "fraction_lo", "fraction_hi", "n_seeds", "interval")
 
 
-# ---------------------------------------------------------------------------- the implied scaling
-def implied_lambda(schedule, skip: int, tau: float, t) -> torch.Tensor:
-    """λ_t = (τ + (1−τ)c_t²)/τ (1 for t < skip), float64: 1 / Schedule.shrinkage (docs/method.md §1)."""
-    return epsscale.implied_s2dm(schedule, skip, tau)(torch.as_tensor(t, dtype=torch.float64))
-
-
+# ---------------------------------------------------------------------------- the doses
 def strengths(cfg: Config, steps=None) -> list[dict]:
-    """Per dose setting: max λ_t − 1 over all t, mean λ_t − 1 over the DDIM grid of each step count, and
-    both relative to the profile's own (loss.skip, loss.tau)."""
+    """Per dose (S²-DM settings, then IP's γ per model): max λ_t − 1 over all t, mean λ_t − 1 over the DDIM
+    grid of each step count, and max λ_t − 1 relative to the profile's own (loss.skip, loss.tau)."""
     sch = schedule_of(cfg)
     t_all = torch.arange(cfg.diffusion.T, dtype=torch.float64)
     steps = tuple(steps or cfg.experiment.related_steps)
     ref = implied_lambda(sch, cfg.loss.skip, cfg.loss.tau, t_all).max().item() - 1
+    doses = [("s2dm", "image and toy", skip, tau, "", runs.dose_label(cfg, skip, tau),
+              epsscale.implied_s2dm(sch, skip, tau)) for skip, tau in runs.dose_settings(cfg)]
+    doses += [("ip", model, "", "", g, shrinkers.ip_arm(g), shrinkers.ip_lambda(cfg, model, g))
+              for model in ("image", "toy") for g in shrinkers.ip_doses(cfg, model)]
     out = []
-    for skip, tau in runs.dose_settings(cfg):
-        row = {"skip": skip, "tau": tau, "run": runs.dose_label(cfg, skip, tau),
-               "lambda_max − 1": implied_lambda(sch, skip, tau, t_all).max().item() - 1}
+    for arm, model, skip, tau, gamma, run, lam in doses:
+        row = {"arm": arm, "model": model, "skip": skip, "tau": tau, "gamma": gamma, "run": run,
+               "lambda_max − 1": float(lam(t_all).max()) - 1}
         row["× profile's"] = row["lambda_max − 1"] / ref if ref > 0 else float("nan")
         for S in steps:
             grid = sch.timesteps(S, samplers.grid_for("ddim", cfg.sample.grid)).to(torch.float64)
-            row[f"mean λ−1 (DDIM {S})"] = (implied_lambda(sch, skip, tau, grid) - 1).mean().item()
+            row[f"mean λ−1 (DDIM {S})"] = float((lam(grid) - 1).mean())
         out.append(row)
     return out
 
@@ -81,30 +89,47 @@ def _interval(values, level):
     return ci["mean"], ci["lo"], ci["hi"]
 
 
-def dose_table(per_seed: list[dict], level: float = 0.95) -> list[dict]:
-    """One row per (model, metric, skip, tau, sampler, steps) from per-seed rows holding ``baseline``,
-    ``s2dm`` (trained at that strength) and ``implied`` (baseline ÷ implied λ_t) metric values:
-    observed = s2dm − baseline, predicted = implied − baseline, difference = observed − predicted, each
-    the mean over training seeds with its paired Student-t interval (lib.measure.stats.seed_interval)."""
-    keys = list(dict.fromkeys((r["model"], r["metric"], r["skip"], r["tau"], r["sampler"], r["steps"]) for r in per_seed))
-    out = []
-    for key in keys:
-        rs = [r for r in per_seed if (r["model"], r["metric"], r["skip"], r["tau"], r["sampler"], r["steps"]) == key]
+def _mde(values, level: float) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    return stats.mde_paired_t(sd, len(v), 0.8, 1 - level) if len(v) > 1 and sd > 0 else float("nan")
+
+
+def _groups(per_seed: list[dict], key) -> dict:
+    out = {}
+    for r in per_seed:
+        out.setdefault(tuple(r[k] for k in key), []).append(r)
+    for k, rs in out.items():
         seeds = [r["seed"] for r in rs]
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"dose_table: seed listed twice for {key}: {seeds}")
-        row = dict(zip(("model", "metric", "skip", "tau", "sampler", "steps"), key))
+            raise ValueError(f"seed listed twice for {k}: {seeds}")
+    return out
+
+
+def dose_table(per_seed: list[dict], level: float = 0.95) -> list[dict]:
+    """One row per dose cell (:data:`KEY`) from per-seed rows holding ``baseline``, ``trained`` (the arm
+    trained at that dose) and ``implied`` (baseline ÷ its implied λ_t): observed = trained − baseline,
+    predicted = implied − baseline, difference = observed − predicted, each the mean over training seeds
+    with its paired Student-t interval (lib.measure.stats.seed_interval), and the difference's MDE."""
+    out = []
+    for key, rs in _groups(per_seed, KEY).items():
+        row = dict(zip(KEY, key))
         row["lambda_max"] = rs[0].get("lambda_max", float("nan"))
-        for name, vals in (("observed", [r["s2dm"] - r["baseline"] for r in rs]),
+        for name, vals in (("observed", [r["trained"] - r["baseline"] for r in rs]),
                            ("predicted", [r["implied"] - r["baseline"] for r in rs]),
-                           ("difference", [r["s2dm"] - r["implied"] for r in rs])):
+                           ("difference", [r["trained"] - r["implied"] for r in rs])):
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _interval(vals, level)
+        row["difference_mde"] = _mde([r["trained"] - r["implied"] for r in rs], level)
         row["n_seeds"] = len(rs)
         row["excludes_0"] = stats.excludes_zero(row["difference_lo"], row["difference_hi"])
-        obs = [r["s2dm"] - r["baseline"] for r in rs]
+        obs = [r["trained"] - r["baseline"] for r in rs]
         row["observed_sd"] = float(np.std(obs, ddof=1)) if len(rs) > 1 else float("nan")  # for detectable()
         out.append(row)
     return out
+
+
+def _dose(r) -> str:
+    return f"skip {r['skip']} tau {r['tau']:g}" if r["arm"] == "s2dm" else f"{r['arm']} gamma {r['gamma']:g}"
 
 
 def detectable(rows: list[dict], level: float = 0.95, power: float = 0.8) -> list[str]:
@@ -114,94 +139,126 @@ def detectable(rows: list[dict], level: float = 0.95, power: float = 0.8) -> lis
     out = []
     for r in (r for r in rows if r["model"] == "image" and r["n_seeds"] >= 2):
         mde = stats.mde_paired_t(r["observed_sd"], r["n_seeds"], power, 1 - level)
-        out.append(f"skip {r['skip']} tau {r['tau']} {r['sampler']}-{r['steps']}: seed SD {r['observed_sd']:.3f}, "
-                   f"MDE({power:.0%}) {mde:.3f}, predicted {r['predicted']:+.3f}"
+        out.append(f"{r['metric']} {_dose(r)} {r['sampler']}-{r['steps']}: seed SD {r['observed_sd']:.3g}, "
+                   f"MDE({power:.0%}) {mde:.3g}, predicted {r['predicted']:+.3g}"
                    f"{'' if abs(r['predicted']) >= mde else ' (below the MDE)'}")
     return out
 
 
 def answer(rows: list[dict]) -> list[str]:
-    """The dose–response table in words, one line per (model, metric, skip, τ): in how many sampler × step
+    """The dose–response table in words, one line per (model, metric, dose): in how many sampler × step
     cells the interval of observed − predicted excludes 0 (the trained model does something its implied
-    scaling does not), and the mean observed and predicted effects."""
+    scaling does not), the mean observed and predicted effects and the median MDE of the difference."""
     out = []
-    for key in dict.fromkeys((r["model"], r["metric"], r["skip"], r["tau"]) for r in rows):
-        g = [r for r in rows if (r["model"], r["metric"], r["skip"], r["tau"]) == key]
+    for key in dict.fromkeys(tuple(r[k] for k in KEY[:6]) for r in rows):
+        g = [r for r in rows if tuple(r[k] for k in KEY[:6]) == key]
         decided = [r for r in g if r["excludes_0"]]
         where = ", ".join(f"{r['sampler']}-{r['steps']} ({r['difference']:+.3g})" for r in decided)
-        out.append(f"{key[0]} {key[1]}, skip {key[2]}, tau {key[3]:g} (λ_max − 1 = {g[0]['lambda_max']:.3g}, "
-                   f"{g[0]['n_seeds']} seeds): observed − predicted excludes 0 in {len(decided)} of {len(g)} cells"
+        mde = np.nanmedian([r.get("difference_mde", np.nan) for r in g]) if any(
+            np.isfinite(r.get("difference_mde", np.nan)) for r in g) else float("nan")
+        out.append(f"{key[0]} {key[1]}, {_dose(g[0])} (λ_max − 1 = {g[0]['lambda_max']:.3g}, {g[0]['n_seeds']} seeds): "
+                   f"observed − predicted excludes 0 in {len(decided)} of {len(g)} cells"
                    f"{' [' + where + ']' if where else ''}; mean observed {np.mean([r['observed'] for r in g]):+.3g}, "
-                   f"mean predicted {np.mean([r['predicted'] for r in g]):+.3g}")
+                   f"mean predicted {np.mean([r['predicted'] for r in g]):+.3g}, median MDE of the difference {mde:.3g}")
+    return out
+
+
+def positive_control(per_seed: list[dict], level: float = 0.95) -> list[dict]:
+    """Where the implied scaling helps (the predicted interval over seeds lies below 0: a lower metric), the
+    fraction of that gain the trained arm reaches, observed/predicted = mean(trained − baseline)/mean(implied −
+    baseline), with Fieller's interval over seeds (lib.measure.stats.fieller_ratio; nan where unbounded)."""
+    out = []
+    for key, rs in _groups(per_seed, KEY).items():
+        if len(rs) < 2:
+            continue
+        obs = [r["trained"] - r["baseline"] for r in rs]
+        pred = [r["implied"] - r["baseline"] for r in rs]
+        p = stats.seed_interval(pred, level)
+        if not p["hi"] < 0:
+            continue
+        f = stats.fieller_ratio(obs, pred, level)
+        out.append({**dict(zip(KEY, key)), "predicted": p["mean"], "observed": float(np.mean(obs)),
+                    "fraction": f["ratio"], "fraction_lo": f["lo"], "fraction_hi": f["hi"], "n_seeds": len(rs),
+                    "interval": f"Fieller {level:.0%} over {len(rs)} seeds"})
     return out
 
 
 def control_table(per_seed: list[dict], level: float = 0.95) -> list[dict]:
-    """Per (λ, sampler, steps): metric(baseline ÷ λ) − metric(baseline) over seeds with its t-interval;
+    """Per (metric, λ, sampler, steps): metric(baseline ÷ λ) − metric(baseline) over seeds with its t-interval,
+    absolute and in % of the baseline, and the MDE of the paired t-test (80 % power, two-sided 1 − level);
     ``helps`` when the whole interval lies below 0 (lower metric is better)."""
-    keys = list(dict.fromkeys((r["lambda"], r["sampler"], r["steps"]) for r in per_seed))
     out = []
-    for key in keys:
-        rs = [r for r in per_seed if (r["lambda"], r["sampler"], r["steps"]) == key]
-        d, lo, hi = _interval([r["scaled"] - r["baseline"] for r in rs], level)
-        rel, _, _ = _interval([100 * (r["scaled"] - r["baseline"]) / r["baseline"] for r in rs], level)
-        out.append({"lambda": key[0], "sampler": key[1], "steps": key[2],
+    for key, rs in _groups(per_seed, ("metric", "lambda", "sampler", "steps")).items():
+        diffs = [r["scaled"] - r["baseline"] for r in rs]
+        rel = [100 * (r["scaled"] - r["baseline"]) / r["baseline"] for r in rs]
+        d, lo, hi = _interval(diffs, level)
+        rm, rlo, rhi = _interval(rel, level)
+        out.append({"metric": key[0], "lambda": key[1], "sampler": key[2], "steps": key[3],
                     "baseline": float(np.mean([r["baseline"] for r in rs])), "diff": d, "lo": lo, "hi": hi,
-                    "rel %": rel, "n_seeds": len(rs), "helps": bool(hi < 0)})
+                    "mde": _mde(diffs, level), "rel %": rm, "rel lo %": rlo, "rel hi %": rhi, "mde %": _mde(rel, level),
+                    "n_seeds": len(rs), "helps": bool(hi < 0)})
     return out
 
 
 # ---------------------------------------------------------------------------- the cells
-def _plan_cfg(cfg: Config) -> Config:
-    from lib.experiment.related_sweep import Plan
-
-    return Plan.of(cfg).cfg
+def _doses(cfg: Config, model: str, sch, image: bool):
+    """(arm, skip, tau, gamma, run name, implied λ) of every trained dose of ``model`` (its run: runs.image_run or
+    runs.toy_run of the name and seed)."""
+    s2 = runs.dose_image_settings(cfg) if image else runs.dose_settings(cfg)
+    out = [("s2dm", skip, tau, "", runs.dose_label(cfg, skip, tau), epsscale.implied_s2dm(sch, skip, tau)) for skip, tau in s2]
+    ip = shrinkers.ip_image_doses(cfg) if image else shrinkers.ip_doses(cfg, "toy")
+    return out + [("ip", "", "", g, shrinkers.ip_arm(g), shrinkers.ip_lambda(cfg, model, g)) for g in ip]
 
 
 def image_seed_rows(cfg: Config, paths: Paths, seed: int, ev: ImageEvaluator | None = None) -> dict:
-    """Training seed ``seed``'s image cells: every sampler of sample.methods at experiment.related_steps on
-    the baseline, on S²-DM at every image dose setting and on the baseline ÷ its implied λ_t; and the
-    positive control (constant λ, DDIM). Returns {"dose": per-seed rows, "control": per-seed rows}."""
-    pc = _plan_cfg(cfg)
-    ev = ev or ImageEvaluator(pc, paths, progress=False)
-    c = pc  # image_cell draws training seed ``seed``'s own x_T (evaluate.sample_seed)
+    """Training seed ``seed``'s image cells at the profile's ``sample.n_samples``, KID and FD from the same
+    samples: every sampler of sample.methods at experiment.related_steps on the baseline, on every image dose
+    (S²-DM at the image settings, IP at its image doses) and on the baseline ÷ each dose's implied λ_t (dose
+    seeds); and the ε-scaling control (constant λ, DDIM; control seeds). Returns {"dose": …, "control": …}."""
+    c = cfg  # image_cell draws training seed ``seed``'s own x_T (evaluate.sample_seed)
+    ev = ev or ImageEvaluator(c, paths, progress=False)
     sch = schedule_of(c)
     x = cfg.experiment
+    names = ("KID", ev.name)
     base = generate.load_model(runs.image_run(paths, "baseline", seed), ev.device)[0]
 
-    def fd(model, arm, label, method, S):
-        return image_cell(ev, model, c, arm, method, S, seed=seed, label="dose-" + label, progress=False)[ev.name]
+    def measure(model, arm, label, method, S):
+        r = image_cell(ev, model, c, arm, method, S, seed=seed, label="dose-" + label, progress=False)
+        return {k: r[k] for k in names}
 
     methods, steps = list(c.sample.methods), list(x.related_steps)
-    b = {(m, S): fd(base, "baseline", m, m, S) for m in methods for S in steps}
+    b = {(m, S): measure(base, "baseline", m, m, S) for m in methods for S in steps}
     dose, control = [], []
     if seed in runs.dose_image_seeds(cfg):
-        for skip, tau in runs.dose_image_settings(cfg):
-            arm = runs.dose_label(cfg, skip, tau)
-            model = generate.load_model(runs.image_run(paths, arm, seed), ev.device)[0]
-            lam = epsscale.implied_s2dm(sch, skip, tau)
+        for arm, skip, tau, gamma, name, lam in _doses(cfg, "image", sch, image=True):
+            model = generate.load_model(runs.image_run(paths, name, seed), ev.device)[0]
             scaled = epsscale.EpsScaled(base, lam)
             lam_max = float(lam(torch.arange(c.diffusion.T)).max()) - 1
             for m in methods:
                 for S in steps:
-                    dose.append({"model": "image", "metric": ev.name, "skip": skip, "tau": tau, "lambda_max": lam_max,
-                                 "sampler": m, "steps": S, "seed": seed, "baseline": b[m, S],
-                                 "s2dm": fd(model, arm, m, m, S), "implied": fd(scaled, "baseline", f"{m}+{lam.label}", m, S)})
+                    tr, im = measure(model, name, m, m, S), measure(scaled, "baseline", f"{m}+{lam.label}", m, S)
+                    dose += [{"model": "image", "metric": k, "arm": arm, "skip": skip, "tau": tau, "gamma": gamma,
+                              "lambda_max": lam_max, "sampler": m, "steps": S, "seed": seed, "baseline": b[m, S][k],
+                              "trained": tr[k], "implied": im[k]} for k in names]
     if seed < min(x.control_seeds, x.n_seeds):
         for v in x.control_lambdas:
             lam = epsscale.Constant(v)
             for S in steps:
-                ref = b["ddim", S] if ("ddim", S) in b else fd(base, "baseline", "ddim", "ddim", S)
-                control.append({"lambda": v, "sampler": "ddim", "steps": S, "seed": seed, "baseline": ref,
-                                "scaled": fd(epsscale.EpsScaled(base, lam), "baseline", f"ddim+{lam.label}", "ddim", S)})
+                ref = b["ddim", S] if ("ddim", S) in b else measure(base, "baseline", "ddim", "ddim", S)
+                sc = measure(epsscale.EpsScaled(base, lam), "baseline", f"ddim+{lam.label}", "ddim", S)
+                control += [{"metric": k, "lambda": v, "sampler": "ddim", "steps": S, "seed": seed, "baseline": ref[k],
+                             "scaled": sc[k]} for k in names]
     return {"dose": dose, "control": control}
 
 
 def toy_seed_rows(cfg: Config, paths: Paths, seed: int) -> list[dict]:
-    """Toy seed ``seed`` at every dose setting: exact toy metrics (lib.measure.toymetrics: MMD² against the
-    known mixture on one reference set per seed, mean −log p under the true density) of the baseline, S²-DM at (skip, τ) and the baseline ÷ implied λ_t, every
-    sampler of sample.methods at experiment.related_steps, from the seed's own x_T."""
-    tcfg = sample_config(toy_config(_plan_cfg(cfg)), seed)
+    """Toy seed ``seed`` at every dose (S²-DM at every setting, IP at every γ): exact toy metrics
+    (lib.measure.toymetrics: MMD² against the known mixture on one reference set per seed, mean −log p under
+    the true density) of the baseline, the trained arm and the baseline ÷ its implied λ_t, every sampler of
+    sample.methods at experiment.related_steps, from the seed's own x_T."""
+    from lib.experiment.related_sweep import Plan
+
+    tcfg = sample_config(toy_config(Plan.of(cfg).cfg), seed)
     gmm, sch = data.toy_distribution(tcfg.data.dataset), schedule_of(tcfg)
     methods, steps = list(cfg.sample.methods), list(cfg.experiment.related_steps)
 
@@ -219,18 +276,16 @@ def toy_seed_rows(cfg: Config, paths: Paths, seed: int) -> list[dict]:
     base = generate.load_model(runs.toy_run(paths, "baseline", seed))[0]
     b = {(m, S): metrics(base, m, S) for m in methods for S in steps}
     rows = []
-    for skip, tau in runs.dose_settings(cfg):
-        model = generate.load_model(runs.toy_run(paths, runs.dose_label(cfg, skip, tau), seed))[0]
-        lam = epsscale.implied_s2dm(sch, skip, tau)
+    for arm, skip, tau, gamma, name, lam in _doses(cfg, "toy", sch, image=False):
+        model = generate.load_model(runs.toy_run(paths, name, seed))[0]
         scaled = epsscale.EpsScaled(base, lam)
         lam_max = float(lam(torch.arange(tcfg.diffusion.T)).max()) - 1
         for m in methods:
             for S in steps:
-                s2, im = metrics(model, m, S), metrics(scaled, m, S)
-                for k in TOY_METRICS:
-                    rows.append({"model": "toy", "metric": k, "skip": skip, "tau": tau, "lambda_max": lam_max,
-                                 "sampler": m, "steps": S, "seed": seed, "baseline": b[m, S][k], "s2dm": s2[k],
-                                 "implied": im[k]})
+                tr, im = metrics(model, m, S), metrics(scaled, m, S)
+                rows += [{"model": "toy", "metric": k, "arm": arm, "skip": skip, "tau": tau, "gamma": gamma,
+                          "lambda_max": lam_max, "sampler": m, "steps": S, "seed": seed, "baseline": b[m, S][k],
+                          "trained": tr[k], "implied": im[k]} for k in TOY_METRICS]
     return rows
 
 

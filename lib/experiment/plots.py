@@ -125,26 +125,31 @@ def forest(ax, labels, rows, per_seed: dict, claim, margin: float, measure: str,
     ax.legend(loc="lower right", fontsize=8)
 
 
+def dose_label(r) -> str:
+    """A dose row's series name: S²-DM at (skip, τ) or IP at γ."""
+    return f"S²-DM skip {r['skip']}, τ {r['tau']:g}" if r.get("arm", "s2dm") == "s2dm" else f"IP γ {r['gamma']:g}"
+
+
 def predicted_observed(ax, rows, title: str):
-    """The dose–response plot of notebook 06: per cell observed (trained S²-DM − baseline) against
-    predicted (baseline ÷ implied λ_t − baseline) with both t-intervals, one series per (skip, τ), and the
-    identity line (the shrinkage explanation holds where the points sit on it)."""
-    for k, tau in dict.fromkeys((r["skip"], r["tau"]) for r in rows):
-        g = [r for r in rows if (r["skip"], r["tau"]) == (k, tau)]
+    """The dose–response plot of notebook 06: per cell observed (trained arm − baseline) against predicted
+    (baseline ÷ implied λ_t − baseline) with both t-intervals, one series per dose (S²-DM's (skip, τ), IP's γ;
+    squares for IP), and the identity line (the shrinkage explanation holds where the points sit on it)."""
+    for name in dict.fromkeys(dose_label(r) for r in rows):
+        g = [r for r in rows if dose_label(r) == name]
         x, y = (np.array([r[key] for r in g], dtype=float) for key in ("predicted", "observed"))
         err = {key: [np.nan_to_num(np.maximum(0, v - np.array([r[f"{key}_lo"] for r in g], dtype=float))),
                      np.nan_to_num(np.maximum(0, np.array([r[f"{key}_hi"] for r in g], dtype=float) - v))]
                for key, v in (("predicted", x), ("observed", y))}
-        ax.errorbar(x, y, xerr=err["predicted"], yerr=err["observed"], marker="o", linestyle="none", capsize=2,
-                    label=f"skip {k}, τ {tau:g}")
+        ax.errorbar(x, y, xerr=err["predicted"], yerr=err["observed"], marker="s" if name.startswith("IP") else "o",
+                    linestyle="none", capsize=2, label=name)
     if rows:
         lim = [np.nanmin([r[k] for r in rows for k in ("predicted", "observed", "predicted_lo", "observed_lo")]),
                np.nanmax([r[k] for r in rows for k in ("predicted", "observed", "predicted_hi", "observed_hi")])]
         ax.plot(lim, lim, "k--", lw=1, label="observed = predicted")
     ax.set_xlabel("predicted: baseline ÷ implied λ_t − baseline")
-    ax.set_ylabel("observed: trained S²-DM − baseline")
+    ax.set_ylabel("observed: trained arm − baseline")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def metric_vs_nfe(axes, rows, arms, labels, metric: str, seed: int = 0):

@@ -65,11 +65,14 @@ def toy_vs_nfe(toy_rows, summary, toy_arms):
 
 
 def dose_response(dose_rows, metric: str):
-    """Observed against predicted effect of the loss (lib.experiment.plots.predicted_observed), toy and image."""
+    """Observed against predicted effect of each trained shrinker (S²-DM, IP) at each dose
+    (lib.experiment.plots.predicted_observed): the toy's NLL and MMD², the images' KID and ``metric``."""
     import matplotlib.pyplot as plt
 
-    fig, axs = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, model in zip(axs, ("toy", "image")):
-        plots.predicted_observed(ax, [r for r in dose_rows if r["model"] == model and r["metric"] in ("mmd", metric)],
-                                 f"{model} ({'MMD²' if model == 'toy' else metric}), every sampler × steps; t-intervals over seeds")
+    panels = [(m, k) for m, k in (("toy", "nll"), ("toy", "mmd"), ("image", "KID"), ("image", metric))
+              if any(r["model"] == m and r["metric"] == k for r in dose_rows)]
+    fig, axs = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    for ax, (model, k) in zip(axs[0], panels):
+        plots.predicted_observed(ax, [r for r in dose_rows if r["model"] == model and r["metric"] == k],
+                                 f"{model} {'MMD²' if k == 'mmd' else k}, every sampler × steps; t-intervals over seeds")
     return fig

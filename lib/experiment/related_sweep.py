@@ -28,9 +28,10 @@ from lib.related import epsscale, skiptuning
 from lib.experiment.sweep import toy_sweep
 from lib.experiment.steptime import seconds_per_step
 from lib.infra.runlog import read_log
-from lib.recipe import ARMS  # the paper's two arms and the CDM arm
+from lib.recipe import PAPER_ARMS
 from lib.experiment.workers import call_in_workers
 
+ARMS = PAPER_ARMS + ("cdm",)  # the neighbour cells' arms: the paper's two and CDM (IP is in the dose test)
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
 # at the NFE of DDIM with S steps; Restart uses the paper's CIFAR-10 VP setting with K = 2.
 SAMPLERS = {

@@ -7,7 +7,8 @@
 * Toy arms are trained with ``toy.n_seeds`` seeds each, in ``toy/<arm>-seed<s>``.
 * The dose–response runs (lib.experiment.dose) are S²-DM at other loss strengths (skip, τ), arm name
   ``s2dm-k<skip>-t<τ>`` (e.g. ``images/s2dm-k99-t0.99-seed1``): seed s has the baseline's ``train.seed = s``
-  and differs from the s2dm arm only in ``loss.skip``/``loss.tau``.
+  and differs from the s2dm arm only in ``loss.skip``/``loss.tau``; and DDPM-IP at its doses γ
+  (lib.experiment.shrinkers), ``ip-g<γ>``, the baseline's config with arm ``ip`` and ``loss.gamma``.
 
 :func:`train_parallel` runs unfinished runs as worker calls of :func:`train_job`, at most ``experiment.workers`` (default ``os.cpu_count()``) at a time, each single-threaded
 (lib.infra.processes; bench/seeds_speed.py measures what it buys).
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lib.experiment import shrinkers
 from lib.infra import checkpoint as ckpt
 from lib.infra import processes
 from lib.infra.config import Config, from_dict, toy_config, with_overrides
@@ -121,6 +123,14 @@ def dose_jobs(cfg: Config, paths: Paths) -> dict:
         if (skip, tau) in dose_image_settings(cfg):
             for s in dose_image_seeds(cfg):
                 jobs["images", arm, s] = Job(with_overrides(seed_config(cfg, s), loss), "s2dm", image_run(paths, arm, s))
+    for gamma in shrinkers.ip_doses(cfg, "toy"):  # DDPM-IP: the baseline's config with arm ip and loss.gamma
+        toy = with_overrides(toy_config(cfg), {"loss.gamma": gamma})
+        for s in range(cfg.toy.n_seeds):
+            jobs["toy", shrinkers.ip_arm(gamma), s] = Job(seed_config(toy, s), "ip", toy_run(paths, shrinkers.ip_arm(gamma), s), toy=True)
+    for gamma in shrinkers.ip_image_doses(cfg):
+        for s in dose_image_seeds(cfg):
+            jobs["images", shrinkers.ip_arm(gamma), s] = Job(with_overrides(seed_config(cfg, s), {"loss.gamma": gamma}), "ip",
+                                                            image_run(paths, shrinkers.ip_arm(gamma), s))
     return jobs
 
 

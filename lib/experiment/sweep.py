@@ -66,6 +66,27 @@ def headline_cells(cfg: Config, methods, steps) -> list[tuple[str, int]]:
     return [(methods[0], S) for S in hs]
 
 
+def primary_cells(cfg: Config, methods, steps) -> list[tuple[str, int]]:
+    """The confirmatory family of the comparison, declared by the profile before any data:
+    ``experiment.primary`` ("ddim-10", …), default the :func:`headline_cells`. Every other cell is exploratory."""
+    if not cfg.experiment.primary:
+        return headline_cells(cfg, methods, steps)
+    cells = [(k.rsplit("-", 1)[0], int(k.rsplit("-", 1)[1])) for k in cfg.experiment.primary]
+    missing = [f"{m}-{S}" for m, S in cells if m not in methods or S not in steps]
+    if missing:
+        raise ValueError(f"experiment.primary names cells {missing} outside the sweep (samplers {list(methods)}, steps "
+                         f"{list(steps)}): set it to cells of sample.methods × sample.steps")
+    return cells
+
+
+def families(cfg: Config, keys) -> dict:
+    """{(method, steps): "primary" | "exploratory"} for the cells ``keys`` (:func:`primary_cells`)."""
+    keys = list(keys)
+    methods, steps = list(dict.fromkeys(k[0] for k in keys)), sorted({k[1] for k in keys})
+    primary = set(primary_cells(cfg, methods, steps))
+    return {k: "primary" if k in primary else "exploratory" for k in keys}
+
+
 def full_sweep_seeds(cfg: Config) -> range:
     """The training seeds that run every cell: 0 … ``experiment.sweep_seeds`` − 1 (0: every seed)."""
     return range(cfg.experiment.sweep_seeds or cfg.experiment.n_seeds)

@@ -69,42 +69,53 @@ def per_seed_pct(comparisons: dict, metric: str) -> dict:
 
 
 def decisions(comparisons: dict, metric: str, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
-              level: float = 0.95) -> list[dict]:
-    """One row per cell: improvement % with its paired t-interval over seeds, p and Holm-adjusted p
-    over the table's cells, the TOST (90 % interval at α 0.05) against ±margin with its Holm-adjusted p,
-    the MDE at 80 % power from the cell's seed SD, and the verdict (lib.measure.stats.decide_cells)."""
-    dec = stats.decide_cells(per_seed_pct(comparisons, metric), margin, alpha, level)
-    return [{"metric": metric, "sampler": m, "steps": S, "n_seeds": d["n"],
+              level: float = 0.95, families: dict | None = None) -> list[dict]:
+    """One row per cell: its family (primary / exploratory, declared by the profile), improvement % with its
+    paired t-interval over seeds, p and its Holm adjustment within the family, the TOST (90 % interval at
+    α 0.05) against ±margin and the one-sided test against a gain of +margin (the claim), each Holm-adjusted
+    within the family, the MDE at 80 % power at the family's Bonferroni bound α/m, and the verdict
+    (lib.measure.stats.decide_cells)."""
+    dec = stats.decide_cells(per_seed_pct(comparisons, metric), margin, alpha, level, families=families)
+    return [{"metric": metric, "family": d["family"], "sampler": m, "steps": S, "n_seeds": d["n"],
              "improvement %": d["mean"], "lo": d["lo"], "hi": d["hi"], "seed sd %": d["sd"],
              "p": d["p"], "p (Holm)": d["p_holm"], f"TOST {1 - 2 * alpha:.0%} lo": d["tost_lo"],
              f"TOST {1 - 2 * alpha:.0%} hi": d["tost_hi"], "TOST p (Holm)": d["tost_p_holm"],
+             "equivalent": d["equivalent"], f"p gain < {margin} % (Holm)": d["claim_p_holm"],
+             "below claim": d["below_claim"], "alpha (Bonferroni bound)": d["alpha_bound"],
              "mde %": d["mde"], "verdict": d["verdict"]} for (m, S), d in dec.items()]
 
 
 def summary(comparisons: dict, claim, metrics=("KID", "FD_clf"), margin: float = stats.MARGIN_PCT,
-            alpha: float = 0.05, level: float = 0.95, power: float = 0.8) -> list[dict]:
-    """Counts of better / worse / equivalent / undecided cells per metric and group of equal seed
-    count (Holm's correction over all of the table's cells of that metric), with the equivalence margin,
-    the MDE at ``power`` for that seed count from the pooled seed SD of the metric's per-seed %
-    differences, and the correction's name. The first metric is the headline."""
+            alpha: float = 0.05, level: float = 0.95, power: float = 0.8, families: dict | None = None) -> list[dict]:
+    """Counts of better / worse / equivalent / undecided cells per metric and family (Holm within the family),
+    with how many cells are equivalent by the TOST and how many exclude a gain as large as the claim, the
+    MDE at ``power`` at the family's Bonferroni bound α/m from the family's pooled seed SD, and the
+    correction's name. The first metric is the headline."""
+    families = families or {k: "all" for k in comparisons}
     out = []
     for i, metric in enumerate(metrics):
         pct = per_seed_pct(comparisons, metric)
-        dec = stats.decide_cells(pct, margin, alpha, level)
-        sd, df = stats.pooled_sd(pct)
-        for n in sorted({d["n"] for d in dec.values()}, reverse=True):
-            group = {k: d for k, d in dec.items() if d["n"] == n}
+        dec = stats.decide_cells(pct, margin, alpha, level, families=families)
+        for fam in dict.fromkeys(families.values()):
+            group = {k: d for k, d in dec.items() if d["family"] == fam}
+            sd, _ = stats.pooled_sd({k: pct[k] for k in group})
+            n, m = min(d["n"] for d in group.values()), len(group)
             v = [d["verdict"] for d in group.values()]
-            out.append({"metric": metric, "headline metric": i == 0,
-                        "cells": ", ".join(f"{m} {S}" for m, S in group) if len(group) <= 4 else f"{len(group)} cells",
-                        "n_cells": len(group), "n_seeds": n, "better": v.count("better"), "worse": v.count("worse"),
+            out.append({"metric": metric, "headline metric": i == 0, "family": fam,
+                        "cells": ", ".join(f"{a} {S}" for a, S in group) if m <= 4 else f"{m} cells",
+                        "n_cells": m, "n_seeds": n if n == max(d["n"] for d in group.values()) else
+                        f"{n}–{max(d['n'] for d in group.values())}",
+                        "better": v.count("better"), "worse": v.count("worse"),
                         "equivalent": v.count("equivalent"), "undecided": v.count("undecided"),
-                        "margin_pct": margin, "pooled seed sd %": sd,
-                        "mde_pct": stats.mde_paired_t(sd, n, power, alpha) if n > 1 and sd > 0 else float("nan"),
+                        "TOST equivalent": sum(d["equivalent"] for d in group.values()),
+                        f"gain ≥ {margin} % excluded": sum(d["below_claim"] for d in group.values()),
+                        "margin_pct": margin, "pooled seed sd %": sd, "alpha (Bonferroni bound)": alpha / m,
+                        "mde_pct": stats.mde_paired_t(sd, n, power, alpha / m) if n > 1 and sd > 0 else float("nan"),
                         "median improvement %": float(np.median([d["mean"] for d in group.values()])),
                         "point estimate inside the paper's range": sum(claim[0] <= d["mean"] <= claim[1]
                                                                        for d in group.values()),
-                        "correction": f"Holm over the {len(dec)} cells (α {alpha:g}; differences and TOST separately)"})
+                        "correction": f"Holm within the {fam} family of {m} cells (α {alpha:g}; differences, TOST "
+                                      f"and the claim test separately); MDE at α/{m}"})
     return out
 
 
@@ -185,19 +196,25 @@ def verdict_counts(decided: list[dict], margin: float = stats.MARGIN_PCT) -> lis
 
 
 def power(comparisons: dict, measures, margin: float = stats.MARGIN_PCT, alpha: float = 0.05,
-          seeds=range(2, 13)) -> list[dict]:
-    """Power of the paired design against the number of training seeds, from the pooled seed SD of the
-    per-seed % differences (with its 95 % chi-square interval): the paired t-test's power at ``margin``,
-    its MDE at 80 % power (both noncentral t) and the TOST power when the true effect is 0."""
+          seeds=range(2, 13), keys=None) -> list[dict]:
+    """Power of the paired design against the number of training seeds, at the α the decisions use (pass
+    the family's Bonferroni bound α/m), from the pooled seed SD of the per-seed % differences of ``keys``
+    (default every cell) with its 95 % chi-square interval: the paired t-test's power at ``margin``, its MDE
+    at 80 % power (both noncentral t) and the TOST power when the true effect is 0. The cells share their
+    training seeds, so the chi-square interval counts the degrees of freedom of one cell (n − 1 of the
+    cell with the most seeds), not their sum: a pooled SD over dependent cells holds no more information."""
     from scipy import stats as sps
 
     out = []
     for m in measures:
-        sd, df = stats.pooled_sd(per_seed_pct(comparisons, m))
+        pct = per_seed_pct(comparisons, m)
+        pct = {k: pct[k] for k in (keys or pct)}
+        sd, _ = stats.pooled_sd(pct)
+        df = max(len(v) for v in pct.values()) - 1
         sd_lo, sd_hi = (sd * np.sqrt(df / sps.chi2.ppf(q, df)) for q in (0.975, 0.025)) if df > 0 else (np.nan, np.nan)
         for k in seeds:
-            out.append({"metric": m, "pooled seed sd %": sd, "sd 95% lo": sd_lo, "sd 95% hi": sd_hi, "n_seeds": k,
-                        f"power at {margin} %": stats.power_paired_t(margin, sd, k, alpha),
+            out.append({"metric": m, "pooled seed sd %": sd, "df": df, "sd 95% lo": sd_lo, "sd 95% hi": sd_hi,
+                        "alpha": alpha, "n_seeds": k, f"power at {margin} %": stats.power_paired_t(margin, sd, k, alpha),
                         "mde % (80 % power)": stats.mde_paired_t(sd, k, 0.8, alpha),
                         "TOST power (true effect 0)": stats.tost_power(margin, sd, k, alpha)})
     return out

@@ -75,6 +75,7 @@ class LossConfig:
     cdm_lambda: float = 10.0  # Consistent Diffusion Models weight (arm 'cdm')
     cdm_steps: int = 5  # Euler–Maruyama steps of each no-grad CDM chain
     cdm_dsigma: float = 0.05  # σ′ = max(σ - U[0, dsigma], σ_min)
+    gamma: float = 0.1  # DDPM-IP's input perturbation ε + γξ (arm 'ip'; 0.1 is the published default)
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ def validate(cfg: Config) -> Config:
     need(1 <= lo.skip < d.T, f"loss.skip must satisfy 1 <= skip < T={d.T}, got {lo.skip}")
     need(0.0 <= lo.tau <= 1.0, f"loss.tau must lie in [0, 1], got {lo.tau}")
     need(lo.cdm_lambda >= 0 and lo.cdm_steps >= 1 and lo.cdm_dsigma > 0, "loss.cdm_*: need lambda >= 0, steps >= 1, dsigma > 0")
+    need(math.isfinite(lo.gamma) and lo.gamma >= 0, f"loss.gamma (DDPM-IP's perturbation) must be a finite number >= 0, got {lo.gamma}")
     for k in ("steps", "batch_size", "ckpt_every", "keep_ckpts", "log_every"):
         need(getattr(t, k) >= 1, f"train.{k} must be a positive integer, got {getattr(t, k)}")
     need(t.lr > 0 and t.warmup >= 0, f"train.lr must be > 0 and train.warmup >= 0, got {t.lr} and {t.warmup}")

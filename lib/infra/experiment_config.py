@@ -21,6 +21,9 @@ class ExperimentConfig:
     # cells (sample.methods[0] at headline_steps; () = the two smallest sample.steps). 0: all seeds, full sweep.
     sweep_seeds: int = 0
     headline_steps: tuple[int, ...] = ()
+    # The confirmatory family, declared before any data ("ddim-10", …; () = the headline cells): Holm runs
+    # within it and, separately, within the exploratory rest (lib.experiment.sweep.families, notebook 05).
+    primary: tuple[str, ...] = ()
     workers: int = 0  # parallel single-threaded worker processes (lib.experiment.workers); 0: os.cpu_count(); 1: in this process
     related_steps: tuple[int, ...] = (10, 20, 50, 100)  # step counts of notebook 06
     related_seeds: int = 0  # training seeds 0 … related_seeds − 1 in notebook 06's neighbour cells; 0: every seed
@@ -42,6 +45,11 @@ class ExperimentConfig:
     dose_tau: tuple[float, ...] = (0.99, 0.9, 0.99)
     dose_image_settings: tuple[int, ...] = (0, 2)
     dose_image_seeds: int = 3
+    # DDPM-IP beside S²-DM (lib.experiment.shrinkers): γ matched to the setting dose_ip_match (equal mean λ_t − 1 over
+    # the DDIM-10 grid; −1: none) and the fixed γ of dose_ip_gamma, the toy at each with toy.n_seeds seeds, images
+    # at the matched γ with the dose image seeds.
+    dose_ip_match: int = 2
+    dose_ip_gamma: tuple[float, ...] = (0.1,)
     # The positive control: constant ε scaling λ on the baseline (DDIM, related_steps), seeds 0 … min(control_seeds, n_seeds) − 1.
     control_lambdas: tuple[float, ...] = (0.98, 0.99, 0.995, 1.005, 1.01, 1.02)
     control_seeds: int = 3
@@ -59,6 +67,8 @@ def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
          f"seed runs the full sweep), got {x.sweep_seeds}")
     need(all(isinstance(k, int) and 1 <= k <= T for k in x.headline_steps),
          f"experiment.headline_steps must be positive integers <= T={T}, got {x.headline_steps}")
+    need(all(isinstance(k, str) and "-" in k and k.rsplit("-", 1)[1].isdigit() for k in x.primary),
+         f"experiment.primary names cells as 'sampler-steps' (e.g. 'ddim-10'), got {x.primary}")
     need(x.related_steps and all(isinstance(k, int) and 1 <= k <= T for k in x.related_steps),
          f"experiment.related_steps must be positive integers <= T={T}, got {x.related_steps}")
     for k in ("related_n_samples", "related_toy_samples", "cdm_finetune", "cdm_toy_finetune", "cdm_chain_steps",
@@ -85,6 +95,10 @@ def validate_dose(x: ExperimentConfig, T: int) -> ExperimentConfig:
          f"experiment.dose_skip/dose_tau: a setting is listed twice: {list(zip(x.dose_skip, x.dose_tau))}")
     need(all(0 <= i < n for i in x.dose_image_settings) and len(set(x.dose_image_settings)) == len(x.dose_image_settings),
          f"experiment.dose_image_settings must be distinct indices into the {n} dose settings, got {x.dose_image_settings}")
+    need(-1 <= x.dose_ip_match < n, f"experiment.dose_ip_match must index one of the {n} dose settings, or be -1 "
+         f"(no matched IP dose), got {x.dose_ip_match}")
+    need(all(isinstance(g, (int, float)) and not isinstance(g, bool) and 0 < g < 10 for g in x.dose_ip_gamma),
+         f"experiment.dose_ip_gamma must be numbers in (0, 10), got {x.dose_ip_gamma}")
     for k in ("dose_image_seeds", "control_seeds"):  # used up to experiment.n_seeds (the baseline's seeds)
         need(not isinstance(getattr(x, k), bool) and getattr(x, k) >= 1, f"experiment.{k} must be >= 1, got {getattr(x, k)}")
     need(x.control_lambdas and all(v > 0 for v in x.control_lambdas),

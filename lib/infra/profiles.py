@@ -46,6 +46,8 @@ CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model
        # 6 seeds for the headline cells (DDIM 10/20: TOST power at ±3.27 %), the full sweep on 3
        # (bench/seed_budget.py: power and predicted wall time of this design).
        "experiment.n_seeds": 6, "experiment.sweep_seeds": 3, "experiment.headline_steps": (10, 20),
+       # The confirmatory family (declared before the data): the two 6-seed cells; the sweep's other 14 are exploratory.
+       "experiment.primary": ("ddim-10", "ddim-20"),
        # Notebook 06: the neighbours on seeds 0–2; the dose images at skip 99, τ 0.99 only (the budget).
        "experiment.related_seeds": 3, "experiment.dose_image_settings": (2,),
        "experiment.related_steps": (10, 20), "experiment.related_n_samples": 250,
@@ -67,7 +69,7 @@ CI = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 8, "model.c
       "experiment.related_steps": (5, 10), "experiment.cdm_finetune": 6, "experiment.cdm_toy_finetune": 20,
       "experiment.cdm_chain_steps": 2, "experiment.rho_top": (1.0, 0.9), "experiment.rho_bottom": (1.0, 0.8),
       "experiment.es_b": (1.005, 1.02), "experiment.es_k": (0.02,),
-      "experiment.dose_skip": (9, 99), "experiment.dose_tau": (0.99, 0.99), "experiment.dose_image_settings": (1,),
+      "experiment.dose_skip": (9, 99), "experiment.dose_tau": (0.99, 0.99), "experiment.dose_image_settings": (1,), "experiment.dose_ip_match": 1,
       "experiment.dose_image_seeds": 2, "experiment.control_lambdas": (0.99, 1.01), "experiment.control_seeds": 2}
 
 PROFILE_SETTINGS = {"ci": CI, "cpu": CPU, "gpu": GPU, "paper": PAPER}

@@ -14,7 +14,9 @@ Decisions on a table of cells (notebook 05):
 * :func:`paired_t`: the paired t-interval over seeds and its two-sided p for "no difference";
 * :func:`tost`: Schuirmann's two one-sided tests against ±margin (equivalent ⇔ the (1 − 2α)
   t-interval lies inside ±margin);
-* :func:`holm`: Holm's step-down adjustment of a table's p-values (family-wise error ≤ α);
+* :func:`holm`: Holm's step-down adjustment of a family's p-values (family-wise error ≤ α);
+* :func:`below_claim`: the one-sided test that excludes a gain as large as the claim;
+* :func:`fieller_ratio`: Fieller's interval for a ratio of paired means (the positive control's fraction);
 * :func:`power_paired_t`, :func:`mde_paired_t`, :func:`tost_power`, :func:`n_for_power`: the
   power of the paired t-test from the noncentral t distribution, the minimum detectable effect at
   a given power, and the seeds needed.
@@ -198,31 +200,76 @@ def seed_difference(per_seed: list[dict], level: float = 0.95) -> dict:
                 excludes_zero=ex, decided_by=decided, per_seed=[c["diff"] for c in per_seed])
 
 
+def below_claim(diffs, margin: float = MARGIN_PCT) -> float:
+    """One-sided paired t-test of H0: E[d] ≥ margin (the claimed gain) against H1: E[d] < margin; its p
+    (nan for one seed). Rejecting says the design excludes a gain as large as the claim."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = len(d)
+    if n < 2:
+        return float("nan")
+    se = d.std(ddof=1) / math.sqrt(n)
+    if se == 0:
+        return 0.0 if d.mean() < margin else 1.0
+    return float(stats.t.cdf((d.mean() - margin) / se, n - 1))
+
+
 def decide_cells(per_seed_pct: dict, margin: float = MARGIN_PCT, alpha: float = 0.05, level: float = 0.95,
-                 power: float = 0.8) -> dict:
+                 power: float = 0.8, families: dict | None = None) -> dict:
     """Per cell of a table, from its per-seed % differences (> 0: the second arm better):
-    the paired t-interval over seeds (``level``), the two-sided p and its Holm adjustment over the
-    table's cells, the TOST against ±``margin`` with its Holm-adjusted p, the MDE at ``power`` from the
-    cell's own seed SD, and a verdict: "better"/"worse" (Holm p < α), else "equivalent" (Holm TOST
-    p < α), else "undecided". Keys are kept; values are dicts."""
+    the paired t-interval over seeds (``level``), the two-sided p, the TOST against ±``margin`` and the
+    one-sided test against the claimed gain (:func:`below_claim`), each Holm-adjusted **within the cell's
+    family** (``families``: {cell: family name}, declared before any data; default one family), the MDE at
+    ``power`` from the cell's own seed SD at the Bonferroni bound α/m of its family (the α of Holm's first
+    step, so the MDE never promises more than the decisions can deliver), and a verdict: "better"/"worse"
+    (Holm p < α), else "equivalent" (Holm TOST p < α), else "undecided"; ``equivalent`` and ``below_claim``
+    say the TOST and the claim test separately (a cell can be worse *and* equivalent). Keys are kept."""
+    families = families or {k: "all" for k in per_seed_pct}
+    if set(families) != set(per_seed_pct):
+        raise ValueError(f"decide_cells: families name other cells than the table: {sorted(set(families) ^ set(per_seed_pct))}")
     out = {}
     for key, d in per_seed_pct.items():
         t, e = paired_t(d, level), tost(d, margin, alpha)
         out[key] = dict(mean=t["mean"], lo=t["lo"], hi=t["hi"], sd=t["sd"], n=t["n"], p=t["p"], tost_p=e["p"],
-                        tost_lo=e["lo"], tost_hi=e["hi"],
-                        mde=mde_paired_t(t["sd"], t["n"], power, alpha) if t["n"] > 1 and t["sd"] > 0 else float("nan"))
-    keys = list(out)
-    for name, col in (("p_holm", "p"), ("tost_p_holm", "tost_p")):
-        for k, v in zip(keys, holm([out[k][col] for k in keys])):
-            out[k][name] = v
+                        tost_lo=e["lo"], tost_hi=e["hi"], claim_p=below_claim(d, margin), family=families[key])
+    for fam in dict.fromkeys(families.values()):
+        keys = [k for k in out if families[k] == fam]
+        m = len(keys)
+        for name, col in (("p_holm", "p"), ("tost_p_holm", "tost_p"), ("claim_p_holm", "claim_p")):
+            for k, v in zip(keys, holm([out[k][col] for k in keys])):
+                out[k][name] = v
+        for k in keys:
+            c = out[k]
+            c["family_size"], c["alpha_bound"] = m, alpha / m
+            c["mde"] = mde_paired_t(c["sd"], c["n"], power, alpha / m) if c["n"] > 1 and c["sd"] > 0 else float("nan")
     for c in out.values():
+        c["equivalent"], c["below_claim"] = bool(c["tost_p_holm"] < alpha), bool(c["claim_p_holm"] < alpha)
         if c["p_holm"] < alpha:
             c["verdict"] = "better" if c["mean"] > 0 else "worse"
-        elif c["tost_p_holm"] < alpha:
+        elif c["equivalent"]:
             c["verdict"] = "equivalent"
         else:
             c["verdict"] = "undecided"
     return out
+
+
+def fieller_ratio(num, den, level: float = 0.95) -> dict:
+    """Fieller's interval for E[num]/E[den] from paired per-seed values: the ρ for which the paired t-test of
+    num − ρ·den does not reject at 1 − ``level``. Bounded when E[den] is itself significantly non-zero at that
+    level; else ``bounded`` False and the bounds are nan (the ratio is not determined)."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    n = len(a)
+    if n != len(b) or n < 2:
+        raise ValueError(f"fieller_ratio needs two paired lists of >= 2 values, got {len(a)} and {len(b)}")
+    ma, mb = a.mean(), b.mean()
+    saa, sbb, sab = a.var(ddof=1) / n, b.var(ddof=1) / n, np.cov(a, b, ddof=1)[0, 1] / n
+    t2 = stats.t.ppf(0.5 + level / 2, n - 1) ** 2
+    qa, qb, qc = mb * mb - t2 * sbb, ma * mb - t2 * sab, ma * ma - t2 * saa  # qa ρ² − 2 qb ρ + qc ≤ 0
+    ratio = float(ma / mb) if mb != 0 else float("nan")
+    disc = qb * qb - qa * qc
+    if qa <= 0 or disc < 0:
+        return dict(ratio=ratio, lo=float("nan"), hi=float("nan"), bounded=False, n=n)
+    r = math.sqrt(disc)
+    return dict(ratio=ratio, lo=float((qb - r) / qa), hi=float((qb + r) / qa), bounded=True, n=n)
 
 
 def pooled_sd(per_seed_pct: dict) -> tuple[float, int]:

@@ -16,6 +16,9 @@ Schedules of λ_t (each a callable ``t -> λ_t``, float64, t on the 0..T−1 sca
   (docs/method.md §1): the optimum of S²-DM's loss is τ/(τ + (1−τ)c_t²)·E[ε | x_t], so a perfectly trained
   S²-DM equals a perfectly trained baseline divided by this λ_t. Applied to a baseline it mimics
   S²-DM's optimum without training (λ_t = 1 for t < skip, where S²-DM uses plain L_0).
+* :class:`ImpliedIP` ``gamma, sigma2``: λ_t = 1 + γ²(1−ᾱ_t)/(ᾱ_t σ² + 1 − ᾱ_t) (docs/method.md §1b): the factor
+  by which DDPM-IP's optimum (input ε + γξ, target ε) shrinks the clean optimum when the data are Gaussian
+  with per-coordinate variance σ² (isotropic). Unlike S²-DM's, this one holds only under that assumption.
 
 λ ≡ 1 returns the model's output unchanged (division by 1.0 is exact).
 """
@@ -28,7 +31,7 @@ import torch
 
 from lib.schedule import Schedule
 
-__all__ = ["Constant", "Linear", "ImpliedS2DM", "EpsScaled", "implied_s2dm"]
+__all__ = ["Constant", "Linear", "ImpliedS2DM", "ImpliedIP", "EpsScaled", "implied_s2dm", "implied_ip"]
 
 
 def _number(name, v, positive=False):
@@ -105,6 +108,35 @@ class ImpliedS2DM:
 def implied_s2dm(schedule: Schedule, skip: int = 9, tau: float = 0.99) -> ImpliedS2DM:
     """The λ_t schedule 1/shrinkage(t, skip, tau) that makes a baseline mimic S²-DM's optimum."""
     return ImpliedS2DM(schedule, skip, tau)
+
+
+@dataclass(frozen=True)
+class ImpliedIP:
+    """λ_t = 1 + γ²(1−ᾱ_t)/(ᾱ_t σ² + 1 − ᾱ_t): DDPM-IP's optimum is the clean one divided by λ_t for
+    isotropic Gaussian data of per-coordinate variance ``sigma2`` (docs/method.md §1b); λ ∈ [1, 1 + γ²]."""
+
+    schedule: Schedule
+    gamma: float = 0.1
+    sigma2: float = 1.0
+
+    def __post_init__(self):
+        if _number("gamma", self.gamma) < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+        _number("sigma2", self.sigma2, positive=True)
+
+    def __call__(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        a = self.schedule.alpha_bar(t.cpu(), check=False).to(torch.float64).to(t.device)
+        return 1.0 + self.gamma ** 2 * (1 - a) / (a * self.sigma2 + 1 - a)
+
+    @property
+    def label(self) -> str:
+        return f"implied-ip(gamma={self.gamma:g},sigma2={self.sigma2:.4g})"
+
+
+def implied_ip(schedule: Schedule, gamma: float = 0.1, sigma2: float = 1.0) -> ImpliedIP:
+    """The λ_t schedule that makes a baseline mimic DDPM-IP's Gaussian-data optimum at γ."""
+    return ImpliedIP(schedule, gamma, sigma2)
 
 
 class EpsScaled:
