@@ -200,6 +200,49 @@ def control_table(per_seed: list[dict], level: float = 0.95) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------------- the tables of notebook 06
+def save_dose_tables(per_seed: list[dict], out, level: float) -> tuple[list[dict], list[dict]]:
+    """Write 06_dose_seeds, 06_dose_response and 06_positive_control; returns (dose rows, positive control rows)."""
+    from lib.experiment import report
+
+    rows, positive = dose_table(per_seed, level), positive_control(per_seed, level)
+    report.save_table(per_seed, out, "06_dose_seeds", columns=SEED_COLUMNS,
+                      title="Dose–response per training seed: baseline, the trained arm at its dose, baseline ÷ its implied λ_t")
+    report.show(report.save_table(rows, out, "06_dose_response", columns=DOSE_COLUMNS,
+                                  title=f"Dose–response: observed = trained arm (S²-DM or IP) − baseline, predicted = baseline ÷ "
+                                        f"implied λ_t − baseline, difference = observed − predicted; mean over seeds "
+                                        f"[{level:.0%} paired t-interval over seeds]; difference_mde: its MDE at 80 % power "
+                                        f"(two-sided α {1 - level:g}, per cell, uncorrected)"))
+    report.show(report.save_table(positive, out, "06_positive_control", columns=POSITIVE_COLUMNS,
+                                  title="The positive control: where the implied scaling helps (predicted interval below 0), "
+                                        "the fraction of its gain each trained arm reaches, observed/predicted [Fieller "
+                                        "interval over seeds]"))
+    return rows, positive
+
+
+def save_control_tables(per_seed: list[dict], out, level: float, n_samples: int, fd_name: str) -> list[dict]:
+    """Write 06_eps_control_seeds and 06_eps_control; returns the control rows."""
+    from lib.experiment import report
+
+    control = control_table(per_seed, level)
+    report.save_table(per_seed, out, "06_eps_control_seeds", columns=CONTROL_SEED_COLUMNS,
+                      title="Constant ε scaling per training seed: the baseline and baseline ÷ λ, DDIM")
+    report.show(report.save_table(control, out, "06_eps_control", columns=CONTROL_COLUMNS,
+                                  title=f"Constant ε scaling on the baseline (DDIM), KID and {fd_name} at {n_samples} samples: "
+                                        f"metric(baseline ÷ λ) − metric(baseline), mean over seeds [{level:.0%} t-interval], "
+                                        f"in % of the baseline [interval]; mde: 80 % power, two-sided α {1 - level:g} per "
+                                        f"cell; < 0: λ helps"))
+    return control
+
+
+def control_excludes(control: list[dict], metric: str = "KID") -> list[str]:
+    """Per control cell of ``metric``: whether λ helps, else the largest gain it leaves open (its interval's lower
+    end in %) beside its MDE."""
+    return [f"{metric} λ {r['lambda']:g} DDIM-{r['steps']}: " + ("helps" if r["helps"] else
+            f"excludes a gain above {max(0.0, -r['rel lo %']):.1f} %") + f" (MDE {r['mde %']:.1f} %, {r['n_seeds']} seeds)"
+            for r in control if r["metric"] == metric]
+
+
 # ---------------------------------------------------------------------------- the cells
 def _doses(cfg: Config, model: str, sch, image: bool):
     """(arm, skip, tau, gamma, run name, implied λ) of every trained dose of ``model`` (its run: runs.image_run or

@@ -31,7 +31,7 @@ from lib.infra.runlog import read_log
 from lib.recipe import PAPER_ARMS
 from lib.experiment.workers import call_in_workers
 
-ARMS = PAPER_ARMS + ("cdm",)  # the neighbour cells' arms: the paper's two and CDM (IP is in the dose test)
+NEIGHBOUR_ARMS = PAPER_ARMS + ("cdm",)  # the neighbour cells' arms: the paper's two and CDM (IP is in the dose test)
 # label: (method, steps -> num_steps, options). Heun/Restart take N grid points: N = S/2 + 1 puts Heun
 # at the NFE of DDIM with S steps; Restart uses the paper's CIFAR-10 VP setting with K = 2.
 SAMPLERS = {
@@ -79,7 +79,7 @@ class Plan:
 
     @property
     def image_arms(self) -> tuple:
-        return ARMS + ((self.control,) if self.finetune else ())
+        return NEIGHBOUR_ARMS + ((self.control,) if self.finetune else ())
 
     def describe(self) -> str:
         x = self.cfg.experiment
@@ -326,7 +326,7 @@ class Cells:
         """What each method does on each arm, and whether S²-DM (or CDM) still helps on top of it."""
         p, out = self.plan, []
         for S in p.steps:
-            for arm in ARMS:
+            for arm in NEIGHBOUR_ARMS:
                 out += [self.compare((arm, "ddim"), (arm, "ts-ddim"), S, f"Time-Shift on DDIM ({arm})"),
                         self.compare((arm, "pndm"), (arm, "ts-pndm"), S, f"Time-Shift on F-PNDM ({arm})"),
                         self.compare((arm, "heun"), (arm, "restart"), S, f"Restart vs Heun ({arm})")]
@@ -363,10 +363,10 @@ def toy_cells(plan: Plan, paths: Paths) -> list[dict]:
     from lib.infra.config import toy_config
 
     cfg = plan.cfg
-    toy_arms = ARMS + ((plan.control,) if plan.finetune else ())
+    toy_arms = NEIGHBOUR_ARMS + ((plan.control,) if plan.finetune else ())
     implied = epsscale.implied_s2dm(schedule_of(toy_config(cfg)), cfg.loss.skip, cfg.loss.tau)
     wrap = _ImpliedWrapper(implied)
-    todo = [("ddim", toy_arms, None, ""), ("ts-ddim", ARMS, None, ""), ("restart", ARMS, None, ""),
+    todo = [("ddim", toy_arms, None, ""), ("ts-ddim", NEIGHBOUR_ARMS, None, ""), ("restart", NEIGHBOUR_ARMS, None, ""),
             ("ddim", ("baseline", "s2dm"), wrap, "+implied")]
     rows = []
     for label, arms, wrapper, tag in todo:
