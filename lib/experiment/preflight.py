@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib import samplers
+from lib import readers, samplers
 from lib.infra import rehearsal
 from lib.infra.config import Config
 from lib.infra.paths import ROOT
@@ -130,7 +130,11 @@ def plan(cfg: Config, profile: str, paths) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:  # the jobs' names only: the preflight writes nothing under the root
         scratch = Paths(profile, tmp)
-        jobs = {**runs.image_jobs(cfg, scratch), **runs.dose_jobs(cfg, scratch)}
+        try:
+            dose = runs.dose_jobs(cfg, scratch)
+        except readers.DatasetMissing:  # named by check_files; the matched IP dose's σ² needs the data,
+            dose = runs.dose_jobs(cfg, scratch, image_variance=1.0)  # the count of runs does not
+        jobs = {**runs.image_jobs(cfg, scratch), **dose}
     image_jobs = [j for j in jobs.values() if not j.toy]
     train_images = sum(j.cfg.train.steps * j.cfg.train.batch_size for j in image_jobs)
     cells = [(m, S) for s in runs.image_seeds(cfg) for m, S in sweep.seed_cells(cfg, cfg.sample.methods, cfg.sample.steps, s)]

@@ -107,10 +107,12 @@ def dose_image_seeds(cfg: Config) -> range:
     return range(min(cfg.experiment.dose_image_seeds, cfg.experiment.n_seeds))
 
 
-def dose_jobs(cfg: Config, paths: Paths) -> dict:
+def dose_jobs(cfg: Config, paths: Paths, image_variance: float | None = None) -> dict:
     """{("toy" | "images", arm, seed): Job} of the dose–response runs not already trained as the s2dm arm:
     the toy at every setting with toy.n_seeds seeds, images at the image settings; the config of seed s is
-    the s2dm arm's of seed s with ``loss.skip``/``loss.tau`` replaced (same initial weights, data, noise)."""
+    the s2dm arm's of seed s with ``loss.skip``/``loss.tau`` replaced (same initial weights, data, noise).
+    ``image_variance`` stands in for the images' σ² in the matched IP dose (a count of the runs without the
+    data; its γ, and so its run name, is then not the one the data gives)."""
     jobs = {}
     for skip, tau in dose_settings(cfg):
         arm = dose_label(cfg, skip, tau)
@@ -127,7 +129,7 @@ def dose_jobs(cfg: Config, paths: Paths) -> dict:
         toy = with_overrides(toy_config(cfg), {"loss.gamma": gamma})
         for s in range(cfg.toy.n_seeds):
             jobs["toy", shrinkers.ip_arm(gamma), s] = Job(seed_config(toy, s), "ip", toy_run(paths, shrinkers.ip_arm(gamma), s), toy=True)
-    for gamma in shrinkers.ip_image_doses(cfg):
+    for gamma in shrinkers.ip_image_doses(cfg, image_variance):
         for s in dose_image_seeds(cfg):
             jobs["images", shrinkers.ip_arm(gamma), s] = Job(with_overrides(seed_config(cfg, s), {"loss.gamma": gamma}), "ip",
                                                             image_run(paths, shrinkers.ip_arm(gamma), s))

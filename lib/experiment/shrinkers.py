@@ -44,7 +44,8 @@ def _image_variance(data_cfg) -> float:
 
 
 def data_variance(cfg: Config, model: str) -> float:
-    """σ²: the mean over coordinates of the training data's per-coordinate variance (the model's range)."""
+    """σ²: the mean over coordinates of the training data's per-coordinate variance (the model's range).
+    The images' σ² reads the training set (raises lib.readers.DatasetMissing where it is not in place)."""
     mc = model_config(cfg, model)
     if model == "toy":
         return float(torch.diagonal(data.toy_distribution(mc.data.dataset).cov()).to(torch.float64).mean())
@@ -56,14 +57,15 @@ def ddim_grid(cfg: Config, steps: int) -> torch.Tensor:
     return sch.timesteps(steps, samplers.grid_for("ddim", cfg.sample.grid)).to(torch.float64)
 
 
-def ip_lambda(cfg: Config, model: str, gamma: float) -> epsscale.ImpliedIP:
+def ip_lambda(cfg: Config, model: str, gamma: float, variance: float | None = None) -> epsscale.ImpliedIP:
     mc = model_config(cfg, model)
-    return epsscale.implied_ip(schedule_of(mc), gamma, data_variance(cfg, model))
+    return epsscale.implied_ip(schedule_of(mc), gamma, data_variance(cfg, model) if variance is None else variance)
 
 
-def matched_gamma(cfg: Config, model: str) -> float | None:
+def matched_gamma(cfg: Config, model: str, variance: float | None = None) -> float | None:
     """γ with mean_t λ_t^IP − 1 = mean_t λ_t^S²DM − 1 over the DDIM-10 grid at the S²-DM setting
-    ``experiment.dose_ip_match`` (None where it is −1), to 4 significant digits."""
+    ``experiment.dose_ip_match`` (None where it is −1), to 4 significant digits; ``variance`` replaces the
+    measured σ² (the preflight counts runs before the data is in place)."""
     i = cfg.experiment.dose_ip_match
     if i < 0:
         return None
@@ -71,7 +73,7 @@ def matched_gamma(cfg: Config, model: str) -> float | None:
     skip, tau = cfg.experiment.dose_skip[i], cfg.experiment.dose_tau[i]
     grid = ddim_grid(mc, MATCH_STEPS)
     target = float((implied_lambda(schedule_of(mc), skip, tau, grid) - 1).mean())
-    per_unit = float((ip_lambda(cfg, model, 1.0)(grid) - 1).mean())  # λ − 1 is γ² times this
+    per_unit = float((ip_lambda(cfg, model, 1.0, variance)(grid) - 1).mean())  # λ − 1 is γ² times this
     return float(f"{math.sqrt(target / per_unit):.4g}")
 
 
@@ -81,9 +83,9 @@ def ip_doses(cfg: Config, model: str) -> list[float]:
     return list(dict.fromkeys(([m] if m is not None else []) + [float(g) for g in cfg.experiment.dose_ip_gamma]))
 
 
-def ip_image_doses(cfg: Config) -> list[float]:
+def ip_image_doses(cfg: Config, variance: float | None = None) -> list[float]:
     """The IP doses that also train as images: the matched one (the budget; the toy runs every dose)."""
-    m = matched_gamma(cfg, "image")
+    m = matched_gamma(cfg, "image", variance)
     return [m] if m is not None else []
 
 

@@ -26,9 +26,11 @@ GPU = {**PAPER, "train.nproc": 1,  # one GPU
        "sample.n_samples": 10_000, "sample.batch_size": 1000, "sample.steps": (10, 20, 50, 100, 1000),
        "experiment.n_seeds": 3}
 
-# MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm: 49.5 min
-# on 2 cores (measured: docs/profiles.md). The full sweep's 4 samplers x 4 step counts cost ~760 network
-# evaluations per sample per (seed, arm), hence 500 samples per cell and the full sweep on 3 seeds only. Notebook 06 (experiment.related_*, cdm_*, rho_*,
+# MNIST-5k at 16x16 with a small UNet (267k parameters), and the 2-D toy with 5 seeds per arm (measured
+# wall time: docs/profiles.md). The full sweep's 4 samplers x 3 step counts cost ~350 network evaluations
+# per sample per (seed, arm), hence 500 samples per cell and the full sweep on 3 seeds only; the 100-step
+# row (410 more evaluations, exploratory cells) was cut so that the DDPM-IP runs and the 6-seed control
+# fit the budget (bench/results/seed_budget_cpu.md, section 4). Notebook 06 (experiment.related_*, cdm_*, rho_*,
 # es_*) is chosen to fit a few minutes on 2 cores per seed.
 # model.norm_groups 4: one GroupNorm group count for every layer (widths 16 and 32, >= 4 channels per group),
 # so diffusers' UNet2DModel, which takes one count, can hold an exported cpu or ci run (lib.pretrained export).
@@ -39,7 +41,7 @@ CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model
        # down from 3,000 so that 6 seeds per arm and the dose runs fit the budget (bench/results/seed_budget_cpu.md).
        "train.steps": 2000, "train.batch_size": 64, "train.lr": 1e-3, "train.warmup": 100, "train.ema_decay": 0.999,
        "train.ema_rampup": 0.05, "train.ckpt_every": 500, "train.log_every": 50,
-       "sample.n_samples": 500, "sample.batch_size": 250, "sample.steps": (10, 20, 50, 100),
+       "sample.n_samples": 500, "sample.batch_size": 250, "sample.steps": (10, 20, 50),
        # 1,000 bootstrap replicates per interval: seconds on saved features (bench/results/seed_budget_cpu.md).
        "eval.metric": "classifier", "eval.n_boot": 1000, "eval.classifier_steps": 1000, "eval.classifier_width": 16,
        "toy.n_seeds": 5, "toy.steps": 2000, "toy.batch_size": 512, "toy.n_samples": 5000,
@@ -50,6 +52,8 @@ CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model
        "experiment.primary": ("ddim-10", "ddim-20"),
        # Notebook 06: the neighbours on seeds 0–2; the dose images at skip 99, τ 0.99 only (the budget).
        "experiment.related_seeds": 3, "experiment.dose_image_settings": (2,),
+       # The constant-ε-scaling control on every baseline seed (KID at sample.n_samples).
+       "experiment.control_seeds": 6,
        "experiment.related_steps": (10, 20), "experiment.related_n_samples": 250,
        "experiment.related_toy_samples": 1000, "experiment.cdm_finetune": 100, "experiment.cdm_toy_finetune": 100,
        "experiment.cdm_chain_steps": 2, "experiment.rho_top": (1.0, 0.98), "experiment.rho_bottom": (1.0, 0.95, 0.9, 0.8),
