@@ -54,8 +54,9 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def committed_times(readme: Path) -> dict:
-    """The per-notebook seconds of the committed `make reproduce` ("01 6 s, 02 8 s, 03 1,001 s, …")."""
-    text = readme.read_text()
+    """The per-notebook seconds of the last measured `make reproduce` ("01 6 s, 02 8 s, 03 1,001 s, …"): the
+    first such list in ``readme`` (docs/profiles.md, "Measured wall time at `cpu`")."""
+    text = readme.read_text().split("Beside a process")[0]  # the idle run, not the loaded one after it
     found = {k: float(v.replace(",", "")) for k, v in re.findall(r"\b(0[1-8]) ([\d,]+) s\b", text)}
     missing = [k for k in NOTEBOOKS if k not in found]
     if missing:
@@ -227,6 +228,67 @@ def designs(cfg) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- 4. the issue-27 design
+# The last measured run (docs/profiles.md: 49.5 min at d2c830d) as settings over today's cpu profile: the
+# sweep's 100-step row, the ε-scaling control on 3 seeds, the dose cells at 250 samples, no DDPM-IP arm.
+LAST_MEASURED = {"sample.steps": (10, 20, 50, 100), "experiment.control_seeds": 3, "experiment.dose_ip_match": -1}
+LAST_DOSE_SAMPLES = 250
+
+
+def design_work(cfg, dose_samples: int, ip: bool = True) -> dict:
+    """The work of notebooks 03, 04 and 06 at ``cfg``, counted from the code that plans it: training steps of
+    the image and toy runs (lib.experiment.runs), network evaluations of the image sweep (lib.experiment.sweep)
+    and of the image dose and control cells (lib.experiment.dose), each × its samples."""
+    import tempfile
+
+    from lib.experiment import runs, shrinkers, sweep
+    from lib.infra.paths import Paths
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = {**runs.image_jobs(cfg, Paths(cfg.profile, tmp)), **runs.dose_jobs(cfg, Paths(cfg.profile, tmp))}
+    if not ip:
+        jobs = {k: j for k, j in jobs.items() if not str(k[1]).startswith("ip-")}
+    image = [j for j in jobs.values() if not j.toy]
+    toy_dose = [j for j in jobs.values() if j.toy]
+    toy_runs = 2 * cfg.toy.n_seeds + len(toy_dose)  # notebook 03 trains the toy baseline and S²-DM beside the doses
+    x, methods = cfg.experiment, cfg.sample.methods
+    sweep_nfe = 2 * cfg.sample.n_samples * sum(nfe(m, S, cfg.sample.grid) for s in runs.image_seeds(cfg)
+                                               for m, S in sweep.seed_cells(cfg, methods, cfg.sample.steps, s))
+    per_cells = sum(nfe(m, S, cfg.sample.grid) for m in methods for S in x.related_steps)  # one model, every sampler
+    n_doses = len(runs.dose_image_settings(cfg)) + (len(shrinkers.ip_image_doses(cfg)) if ip else 0)
+    dose_seeds = set(runs.dose_image_seeds(cfg))
+    control_seeds = set(range(min(x.control_seeds, x.n_seeds)))
+    dose_nfe = dose_samples * (len(dose_seeds | control_seeds) * per_cells  # the baseline of every seed used
+                               + len(dose_seeds) * n_doses * 2 * per_cells  # each dose trained and implied
+                               + len(control_seeds) * len(x.control_lambdas) * sum(
+                                   nfe("ddim", S, cfg.sample.grid) for S in x.related_steps))
+    return {"image_runs": len(image), "image_steps": sum(j.cfg.train.steps for j in image), "toy_runs": toy_runs,
+            "toy_steps": toy_runs * cfg.toy.steps, "sweep_nfe": sweep_nfe, "dose_nfe": dose_nfe}
+
+
+def predict_27(cfg, committed: dict, r: dict) -> dict:
+    """Seconds per notebook of today's profile, scaled from the last measured run's per-notebook times: 03 by
+    its training steps (image and toy weighted by their measured cost per step), 04 by the sweep's network
+    evaluations, 06 by the dose and control cells' evaluations at the rate 04 ran (its neighbour cells as
+    measured: they did not change); the toy's dose cells and 05 are taken as measured."""
+    from lib.infra.config import with_overrides
+
+    old = design_work(with_overrides(cfg, LAST_MEASURED), LAST_DOSE_SAMPLES, ip=False)
+    new = design_work(cfg, cfg.sample.n_samples)
+    toy_w = r["toy_train_step_s"] / r["image_train_step_s"]
+    k03 = committed["03"] / (old["image_steps"] + toy_w * old["toy_steps"])
+    rate = old["sweep_nfe"] / committed["04"]  # image NFE/s of the sweep, scoring included
+    t06_other = committed["06"] - old["dose_nfe"] / rate
+    out = dict(committed)
+    out["03"] = k03 * (new["image_steps"] + toy_w * new["toy_steps"])
+    out["04"] = committed["04"] * new["sweep_nfe"] / old["sweep_nfe"]
+    out["06"] = t06_other + new["dose_nfe"] / rate
+    out["total"] = sum(out[k] for k in NOTEBOOKS)
+    return {"last": old, "new": new, "nfe_per_s": rate, "t06_neighbours_s": t06_other, "predicted_s": out,
+            "without_the_cut": design_work(with_overrides(cfg, {"sample.steps": LAST_MEASURED["sample.steps"]}),
+                                           cfg.sample.n_samples)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--figures", default=str(ROOT / "figures" / "cpu"))
@@ -242,7 +304,7 @@ def main(argv=None) -> int:
     groups = {"all cells": lambda k: True, "10–20 steps": lambda k: k[1] <= 20, "50–100 steps": lambda k: k[1] >= 50,
               "headline (ddim 10, 20)": lambda k: k[0] == "ddim" and k[1] <= 20}
     sds = {g: sd_summary(per, keep) for g, keep in groups.items()}
-    committed = committed_times(ROOT / "README.md")
+    committed = committed_times(ROOT / "docs" / "profiles.md")
     if args.no_measure:
         if not out.with_suffix(".json").is_file():
             sys.exit(f"seed_budget: --no-measure needs {out.with_suffix('.json')} from an earlier run; run without it")
@@ -304,7 +366,11 @@ def main(argv=None) -> int:
               f"{len(cfg.sample.methods) * len(cfg.sample.steps) - 2} cells of the sweep keep 3 seeds (MDE "
               f"{stats.mde_paired_t(sds['all cells']['sd_independent'], 3):.1f} % at the conservative SD): their verdicts "
               "are secondary and the tables say so.", "",
-              "## 3. Predicted wall time (s) per notebook, 2 cores", "",
+              "## 3. Predicted wall time (s) per notebook, 2 cores (the design history)", "",
+              "The method that chose 6 seeds and 2,000 steps (issue 25). Its calibration row is the 3-seed, 3,000-step "
+              "run of that time, while the times it now reads are the last measured run's (section 4's base) and the "
+              "step counts today's: its rows record how the choice was made and are not today's prediction, which is "
+              "section 4.", "",
               f"Work: the whole sweep costs {full} NFE per sample per (seed, arm), the headline cells {head}; "
               f"{cfg.sample.n_samples} samples per cell. Measured here (one thread, this machine under its current "
               f"load; only ratios are used): image training step {ratios['image_train_step_s']:.3f} s, toy step "
@@ -330,12 +396,30 @@ def main(argv=None) -> int:
               + f"), {pred['target + dose work sampled at the headline cells only, 2,000 steps']['total'] / 60:.0f} min "
               "if the dose runs are sampled at the headline cells only; without the dose work "
               f"{pred['target, 2,000 steps (no dose)']['total'] / 60:.0f} min.", ""]
+    p27 = predict_27(cfg, committed, ratios)
+    t = p27["predicted_s"]
+    cut = p27["without_the_cut"]
+    t04_cut = committed["04"] * cut["sweep_nfe"] / p27["last"]["sweep_nfe"]
+    lines += ["## 4. The issue-27 design (DDPM-IP runs, the control on every seed, dose cells at 500 samples)", "",
+              "Scaled from the last measured run (docs/profiles.md; its settings over today's profile: "
+              f"`{LAST_MEASURED}`, dose cells at {LAST_DOSE_SAMPLES} samples, no IP arm) by the work each notebook "
+              "does, counted from the code that plans it (`design_work`):", "",
+              "| work | last measured run | this profile |", "|---|---|---|"]
+    for k in ("image_runs", "image_steps", "toy_runs", "toy_steps", "sweep_nfe", "dose_nfe"):
+        lines.append(f"| {k} | {p27['last'][k]:,} | {p27['new'][k]:,} |")
+    lines += ["", f"At the sweep's measured rate ({p27['nfe_per_s']:.0f} image NFE/s with scoring, 2 workers) and "
+              f"06's neighbour cells as measured ({p27['t06_neighbours_s']:.0f} s): "
+              + ", ".join(f"{k} {t[k]:.0f} s" for k in NOTEBOOKS) + f", **{t['total'] / 60:.0f} min** predicted. "
+              f"Keeping the sweep's 100-step row (exploratory cells) would add {t04_cut - t['04']:.0f} s "
+              f"({(t['total'] + t04_cut - t['04']) / 60:.0f} min): over the budget's margin, so it is cut; the primary "
+              "family (DDIM 10 and 20 on 6 seeds) is untouched. The toy's dose cells (5 doses × 5 seeds) are not "
+              "scaled (they ran within 06's measured time at 3 doses; seconds each).", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"margin_pct": margin, "sd": sds, "power": tables, "n_tost_80": n_tost,
                                                     "n_t_80": n_t, "measured": ratios, "committed_s": committed,
                                                     "designs": ds, "predicted_s": pred, "nfe_full": full,
-                                                    "nfe_headline": head}, indent=1) + "\n")
+                                                    "nfe_headline": head, "issue27": p27}, indent=1, default=str) + "\n")
     print("\n".join(lines))
     return 0
 
