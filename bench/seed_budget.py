@@ -54,9 +54,11 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def committed_times(readme: Path) -> dict:
-    """The per-notebook seconds of the last measured `make reproduce` ("01 6 s, 02 8 s, 03 1,001 s, …"): the
-    first such list in ``readme`` (docs/profiles.md, "Measured wall time at `cpu`")."""
-    text = readme.read_text().split("Beside a process")[0]  # the idle run, not the loaded one after it
+    """The per-notebook seconds of the measured `make reproduce` at d2c830d ("01 4 s, 02 6 s, 03 1,456 s, …")
+    in ``readme`` (docs/profiles.md, "Measured wall time at `cpu`"): the base the predictions scale from."""
+    # The idle run of the design LAST_MEASURED describes (the paragraph naming its commit), not the current
+    # design's run above it nor the loaded run after it.
+    text = next((p for p in readme.read_text().split("\n\n") if "`d2c830d`" in p), "")
     found = {k: float(v.replace(",", "")) for k, v in re.findall(r"\b(0[1-8]) ([\d,]+) s\b", text)}
     missing = [k for k in NOTEBOOKS if k not in found]
     if missing:
