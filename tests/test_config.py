@@ -132,3 +132,23 @@ def test_cuda_profiles_never_fan_out_processes_onto_one_gpu():
         assert cfg.train.device == "cuda" and processes.n_workers(cfg.experiment.workers, 100) == 1, name
     assert get_config("paper").train.nproc == 0 and get_config("gpu").train.nproc == 1
     assert toy_config(get_config("paper")).train.nproc == 1  # the 2-D toy stays one process
+
+
+def test_a_config_saved_before_the_experiment_keys_were_renamed_still_loads():
+    from lib.infra.experiment_config import RENAMED
+
+    cfg = get_config("cpu")
+    saved = cfg.to_dict()
+    for old, new in RENAMED.items():  # what a run saved before the rename holds
+        saved["experiment"][old] = saved["experiment"].pop(new)
+    assert from_dict(saved) == cfg
+    with pytest.raises(ConfigError, match="not mappings"):
+        from_dict({**saved, "experiment": [1, 2]})
+
+
+@pytest.mark.parametrize("old", ["rho_top", "rho_bottom", "es_b", "es_k"])
+def test_an_override_with_a_renamed_key_names_its_new_name(old):
+    from lib.infra.experiment_config import RENAMED
+
+    with pytest.raises(ConfigError, match=f"renamed experiment.{RENAMED[old]}"):
+        get_config("ci", {f"experiment.{old}": (1.0,)})

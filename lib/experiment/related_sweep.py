@@ -87,7 +87,7 @@ class Plan:
                if self.finetune else "trained from scratch")
         return (f"profile {self.cfg.profile}: steps {self.steps}, {self.cfg.sample.n_samples} samples per image cell, "
                 f"grid {self.cfg.sample.grid!r}, {len(self.seeds)} training seeds; CDM arm: {how}; Skip-Tuning grid "
-                f"{x.rho_top} x {x.rho_bottom}; eps scaling b {x.es_b}, k {x.es_k}")
+                f"{x.related_rho_top} x {x.related_rho_bottom}; eps scaling b {x.related_es_b}, k {x.related_es_k}")
 
 
 # ---------------------------------------------------------------------------- the CDM arm
@@ -245,19 +245,19 @@ class Cells:
             return {"family": family, "setting": setting, "value": value, name: r[name], "lo": r["lo"], "hi": r["hi"]}
 
         search = [entry("skip-tuning", "rho=(1,1)", (1.0, 1.0), b0)]
-        for top in x.rho_top:
-            for bottom in x.rho_bottom:
+        for top in x.related_rho_top:
+            for bottom in x.related_rho_bottom:
                 if (top, bottom) != (1.0, 1.0):
                     st = skiptuning.SkipTuned(base, top, bottom)
                     search.append(entry("skip-tuning", f"rho=({top:g},{bottom:g})", (top, bottom),
                                         self.cell("baseline", "ddim+" + st.label, S0, 0, model=st, method="ddim")))
         search.append(entry("eps-scaling", "lambda=1", epsscale.Constant(1.0), b0))
-        for b in x.es_b:
+        for b in x.related_es_b:
             lam = epsscale.Constant(b)
             search.append(entry("eps-scaling", lam.label, lam, self.cell("baseline", "ddim+" + lam.label, S0, 0,
                                                                        model=epsscale.EpsScaled(base, lam), method="ddim")))
         b_best = min((e for e in search if e["family"] == "eps-scaling"), key=lambda e: e[name])["value"].b
-        for k in x.es_k:  # the linear form around the best constant
+        for k in x.related_es_k:  # the linear form around the best constant
             lam = epsscale.Linear(b_best, k, self.plan.cfg.diffusion.T)
             search.append(entry("eps-scaling", lam.label, lam, self.cell("baseline", "ddim+" + lam.label, S0, 0,
                                                                        model=epsscale.EpsScaled(base, lam), method="ddim")))

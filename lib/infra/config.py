@@ -23,7 +23,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from lib.infra import profiles as _profiles
 from lib.infra.config_error import ConfigError, need
 from lib.infra.dataset_table import IMAGE_DATASETS, TOY_DATASETS, check_model_fits_data
-from lib.infra.experiment_config import ExperimentConfig, validate_experiment
+from lib.infra.experiment_config import RENAMED, ExperimentConfig, validate_experiment
 
 __all__ = ["ConfigError", "Config", "ModelConfig", "DiffusionConfig", "LossConfig", "DataConfig", "TrainConfig",
            "SampleConfig", "EvalConfig", "ToyConfig", "ExperimentConfig", "DDIM_GRIDS", "TOY_DATASETS",
@@ -247,6 +247,8 @@ def _set(cfg: Config, key: str, value: Any) -> Config:
     sec_name, name = parts
     sec = getattr(cfg, sec_name)
     hints = get_type_hints(type(sec))
+    if sec_name == "experiment" and name in RENAMED:
+        raise ConfigError(f"config key {key!r} was renamed experiment.{RENAMED[name]}; use that name")
     if name not in hints:
         raise ConfigError(f"unknown config key {key!r}; valid keys in [{sec_name}]: {', '.join(hints)}")
     if isinstance(value, str) and hints[name] is not str:
@@ -353,7 +355,14 @@ def from_dict(d: dict) -> Config:
     if unknown:
         raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {', '.join(sections)}")
     base = Config(profile=d.get("profile", "paper"))
-    return validate(with_overrides(base, {f"{s}.{k}": v for s in sections if s in d for k, v in d[s].items()}))
+    saved = {s: dict(d[s]) for s in sections if s in d and isinstance(d[s], dict)}
+    for old, new in RENAMED.items():  # a config saved before a key was renamed loads under its new name
+        if isinstance(saved.get("experiment"), dict) and old in saved["experiment"]:
+            saved["experiment"].setdefault(new, saved["experiment"].pop(old))
+    bad = sorted(s for s in sections if s in d and not isinstance(d[s], dict))
+    if bad:
+        raise ConfigError(f"config sections {bad} are not mappings of key to value")
+    return validate(with_overrides(base, {f"{s}.{k}": v for s, sec in saved.items() for k, v in sec.items()}))
 
 
 def load_json(path) -> Config:

@@ -9,12 +9,20 @@ from lib.infra.config_error import need
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """How many training seeds the image comparison rests on, how they are trained, and the plan of
-    notebook 06 (the neighbouring methods). Image seed s of every arm is ``train.seed = s``: the arms
-    of one seed share initial weights, data order and noise streams (a paired design).
+    """The experiment's design, in groups named by their prefix:
+
+    * the comparison (no prefix): training seeds, which of them run the full sweep, the declared family,
+      worker processes. Image seed s of every arm is ``train.seed = s``: the arms of one seed share
+      initial weights, data order and noise streams (a paired design);
+    * ``related_*``: notebook 06's neighbouring methods (step counts, seeds, samples, the Skip-Tuning grid
+      ρ and the ε-scaling grid b, k, each in its paper's symbols); ``cdm_*``: the CDM arm's fine-tune;
+    * ``dose_*``: the dose–response test of the shrinkage explanation (S²-DM and DDPM-IP doses);
+    * ``control_*``: the constant-ε-scaling control on the baseline;
+    * ``rehearsal``: the GPU-route rehearsal's manifest.
 
     0 in a ``related_*``/``cdm_*`` size means "the profile's own value" (``sample.n_samples``,
-    ``toy.n_samples``, ``loss.cdm_steps``); ``cdm_finetune = 0`` trains the CDM arm from scratch."""
+    ``toy.n_samples``, ``loss.cdm_steps``); ``cdm_finetune = 0`` trains the CDM arm from scratch.
+    Keys renamed since runs were first saved are in :data:`RENAMED`; a saved config with an old name loads."""
 
     n_seeds: int = 1  # image training seeds per arm (the paper trains one)
     # Seeds 0 … sweep_seeds − 1 run the full sampler × step sweep of 04; the others only the headline
@@ -33,10 +41,10 @@ class ExperimentConfig:
     cdm_toy_finetune: int = 0  # the same for the toy
     cdm_chain_steps: int = 0  # Euler–Maruyama steps per CDM chain during the fine-tune
     cdm_ft_ema_decay: float = 0.99  # EMA decay during the fine-tune, so the EMA weights reflect it
-    rho_top: tuple[float, ...] = (1.0, 0.95, 0.9)  # Skip-Tuning grid (outer skips)
-    rho_bottom: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # Skip-Tuning grid (inner skips)
-    es_b: tuple[float, ...] = (1.002, 1.004, 1.006, 1.01, 1.02)  # eps scaling: constant λ grid
-    es_k: tuple[float, ...] = (-0.01, 0.01, 0.02)  # eps scaling: slopes around the best constant
+    related_rho_top: tuple[float, ...] = (1.0, 0.95, 0.9)  # Skip-Tuning's ρ at the outermost skip
+    related_rho_bottom: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # Skip-Tuning's ρ at the innermost skip
+    related_es_b: tuple[float, ...] = (1.002, 1.004, 1.006, 1.01, 1.02)  # ε scaling λ_t = b: the constants searched
+    related_es_k: tuple[float, ...] = (-0.01, 0.01, 0.02)  # ε scaling λ_t = b + k·(t/(T−1) − ½): slopes at the best b
     # The dose–response test of the shrinkage explanation (lib.experiment.dose): S²-DM trained at the loss
     # strengths zip(dose_skip, dose_tau) (the toy at every one with toy.n_seeds seeds); the settings
     # indexed by dose_image_settings also train as images with seeds 0 … min(dose_image_seeds, n_seeds) − 1. A setting
@@ -59,6 +67,12 @@ class ExperimentConfig:
     rehearsal: str = ""
 
 
+# Keys renamed after runs had been saved with them (old -> new): a saved config.json with an old name loads
+# under the new one (lib.infra.config.from_dict); an override naming the old key is refused with the new name.
+RENAMED = {"rho_top": "related_rho_top", "rho_bottom": "related_rho_bottom",
+           "es_b": "related_es_b", "es_k": "related_es_k"}
+
+
 def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
     """Reject an impossible experiment design, naming the key."""
     need(x.n_seeds >= 1 and x.workers >= 0,
@@ -77,7 +91,7 @@ def validate_experiment(x: ExperimentConfig, T: int) -> ExperimentConfig:
     need(x.related_n_samples != 1 and x.related_toy_samples != 1,
          "experiment.related_n_samples / related_toy_samples must be 0 or >= 2")
     need(0.0 <= x.cdm_ft_ema_decay < 1.0, f"experiment.cdm_ft_ema_decay must lie in [0, 1), got {x.cdm_ft_ema_decay}")
-    for k in ("rho_top", "rho_bottom", "es_b"):
+    for k in ("related_rho_top", "related_rho_bottom", "related_es_b"):
         need(getattr(x, k) and all(isinstance(v, (int, float)) and v > 0 for v in getattr(x, k)),
              f"experiment.{k} must be a non-empty tuple of positive numbers, got {getattr(x, k)}")
     return validate_dose(x, T)

@@ -56,8 +56,8 @@ CPU = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 16, "model
        "experiment.control_seeds": 6,
        "experiment.related_steps": (10, 20), "experiment.related_n_samples": 250,
        "experiment.related_toy_samples": 1000, "experiment.cdm_finetune": 100, "experiment.cdm_toy_finetune": 100,
-       "experiment.cdm_chain_steps": 2, "experiment.rho_top": (1.0, 0.98), "experiment.rho_bottom": (1.0, 0.95, 0.9, 0.8),
-       "experiment.es_b": (1.002, 1.005, 1.01, 1.02), "experiment.es_k": (-0.02, 0.02)}
+       "experiment.cdm_chain_steps": 2, "experiment.related_rho_top": (1.0, 0.98), "experiment.related_rho_bottom": (1.0, 0.95, 0.9, 0.8),
+       "experiment.related_es_b": (1.002, 1.005, 1.01, 1.02), "experiment.related_es_k": (-0.02, 0.02)}
 
 # Tiny everything: the notebooks must run end to end in a few minutes on 2 cores.
 CI = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 8, "model.ch": 16, "model.ch_mult": (1, 2),
@@ -71,8 +71,8 @@ CI = {"model.in_channels": 1, "model.out_ch": 1, "model.resolution": 8, "model.c
       "toy.sample_steps": (5, 10),
       "experiment.n_seeds": 2, "experiment.sweep_seeds": 1, "experiment.headline_steps": (5,), "experiment.workers": 1,
       "experiment.related_steps": (5, 10), "experiment.cdm_finetune": 6, "experiment.cdm_toy_finetune": 20,
-      "experiment.cdm_chain_steps": 2, "experiment.rho_top": (1.0, 0.9), "experiment.rho_bottom": (1.0, 0.8),
-      "experiment.es_b": (1.005, 1.02), "experiment.es_k": (0.02,),
+      "experiment.cdm_chain_steps": 2, "experiment.related_rho_top": (1.0, 0.9), "experiment.related_rho_bottom": (1.0, 0.8),
+      "experiment.related_es_b": (1.005, 1.02), "experiment.related_es_k": (0.02,),
       "experiment.dose_skip": (9, 99), "experiment.dose_tau": (0.99, 0.99), "experiment.dose_image_settings": (1,), "experiment.dose_ip_match": 1,
       "experiment.dose_image_seeds": 2, "experiment.control_lambdas": (0.99, 1.01), "experiment.control_seeds": 2}
 
