@@ -355,13 +355,14 @@ def from_dict(d: dict) -> Config:
     if unknown:
         raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {', '.join(sections)}")
     base = Config(profile=d.get("profile", "paper"))
-    saved = {s: dict(d[s]) for s in sections if s in d and isinstance(d[s], dict)}
-    for old, new in RENAMED.items():  # a config saved before a key was renamed loads under its new name
-        if isinstance(saved.get("experiment"), dict) and old in saved["experiment"]:
-            saved["experiment"].setdefault(new, saved["experiment"].pop(old))
     bad = sorted(s for s in sections if s in d and not isinstance(d[s], dict))
     if bad:
         raise ConfigError(f"config sections {bad} are not mappings of key to value")
+    saved = {s: dict(d[s]) for s in sections if s in d}
+    experiment = saved.get("experiment", {})
+    for old, new in RENAMED.items():  # a config saved before a key was renamed loads under its new name
+        if old in experiment:
+            experiment.setdefault(new, experiment.pop(old))
     return validate(with_overrides(base, {f"{s}.{k}": v for s, sec in saved.items() for k, v in sec.items()}))
 
 
